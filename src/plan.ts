@@ -1,0 +1,103 @@
+/**
+ * Planning a copy: which bytes are read, which are scanned for zeroes, which are made zero on the
+ * destination, and which are left alone. Pure: the copier executes a plan, tests check plans.
+ *
+ * @module
+ */
+
+import { type Extent, ExtentSet } from "./extent.ts";
+
+/** What the planner needs to know. */
+export interface PlanInput {
+  /** Bytes to copy: `[0, size)`. */
+  size: number;
+  /** Where the source may hold non-zero data; `undefined` = everywhere. */
+  allocation?: ExtentSet;
+  /** The destination reads as zero everywhere before the copy. */
+  prezeroed: boolean;
+  /**
+   * Ranges the destination already holds with the right content (`-base`): neither read nor
+   * written. When given, the destination is not zero elsewhere either (it holds the base).
+   */
+  unchanged?: ExtentSet;
+}
+
+/** The plan: every byte of `[0, size)` is in exactly one of `data`, `zero`, `skip`, `unchanged`. */
+export interface Plan {
+  size: number;
+  /** Read from the source and written (or zero-skipped when `scan`). */
+  data: ExtentSet;
+  /** Scan `data` for zero quanta and skip them (only when the destination is known zero). */
+  scan: boolean;
+  /** Unallocated ranges that must be made zero on the destination. */
+  zero: ExtentSet;
+  /** Unallocated ranges left alone because the destination is already zero there. */
+  skip: ExtentSet;
+  /** Ranges left alone because the destination already holds them (`-base`). */
+  unchanged: ExtentSet;
+}
+
+/**
+ * Plans a copy.
+ *
+ * @example A prezeroed destination gets only allocated data, scanned for zeroes
+ * ```ts
+ * import { ExtentSet } from "./extent.ts";
+ * import { planCopy } from "./plan.ts";
+ * const p = planCopy({ size: 1 << 20, allocation: ExtentSet.range(0, 4096), prezeroed: true });
+ * p.data.bytes; // 4096
+ * p.scan;       // true
+ * p.zero.bytes; // 0
+ * p.skip.bytes; // 1044480
+ * ```
+ */
+export function planCopy(input: PlanInput): Plan {
+  const { size } = input;
+  const full = ExtentSet.range(0, size);
+  const unchanged = (input.unchanged ?? ExtentSet.empty()).clip(size);
+  const allocated = (input.allocation ?? full).clip(size);
+  const data = allocated.difference(unchanged);
+  const holes = full.difference(allocated).difference(unchanged);
+  // With a base the destination holds the base's data, not zeroes: nothing outside `unchanged`
+  // may be assumed zero, whatever -prezeroed says.
+  const destZero = input.prezeroed && input.unchanged === undefined;
+  return {
+    size,
+    data,
+    scan: destZero,
+    zero: destZero ? ExtentSet.empty() : holes,
+    skip: destZero ? holes : ExtentSet.empty(),
+    unchanged,
+  };
+}
+
+/** Bytes of work a plan does, for progress: data read plus zeroes made. */
+export function planWork(plan: Plan): number {
+  return plan.data.bytes + plan.zero.bytes;
+}
+
+/** One step of a plan: read-and-write `data`, or make `zero`. */
+export interface Step extends Extent {
+  kind: "data" | "zero";
+}
+
+/**
+ * The plan's steps in ascending offset order, data cut into pieces of at most `chunk` bytes and
+ * zero ranges into pieces of at most `zeroChunk` bytes, so the destination is written front to
+ * back in one pass (the seed wiped first and copied second: two passes over the disk).
+ */
+export function* planSteps(plan: Plan, chunk: number, zeroChunk: number = chunk): Generator<Step> {
+  const data = plan.data.chunks(chunk);
+  const zero = plan.zero.chunks(zeroChunk);
+  let d = data.next();
+  let z = zero.next();
+  while (!d.done || !z.done) {
+    if (z.done || (!d.done && d.value.start < z.value.start)) {
+      yield { kind: "data", start: d.value.start, length: d.value.length };
+      d = data.next();
+    } else {
+      yield { kind: "zero", start: z.value.start, length: z.value.length };
+      z = zero.next();
+    }
+  }
+}
