@@ -11,7 +11,9 @@
  */
 
 import { main } from "./src/cli.ts";
+import { isPluginInvocation, pluginMain } from "./plugin/main.ts";
 
 if (import.meta.main) {
-  Deno.exit(await main(Deno.args));
+  // `sparse_dd --xapi-plugin <methodCall>`: the XAPI host plugin (see plugin/main.ts).
+  Deno.exit(isPluginInvocation(Deno.args) ? await pluginMain(Deno.args) : await main(Deno.args));
 }

@@ -9,6 +9,11 @@
 import type { Disk } from "./disk.ts";
 import type { ExtentSet } from "./extent.ts";
 import { FileDisk } from "./file.ts";
+import {
+  allocationFromDiscovery,
+  type DiscoverySummary,
+  type SourceDiscoveryOptions,
+} from "./discovery_allocation.ts";
 
 /** Where the allocation came from, and what else the user should know. */
 export interface AllocationResult {
@@ -18,12 +23,19 @@ export interface AllocationResult {
   route: string;
   /** Human notes for stderr (never stdout in -machine mode). */
   notes: string[];
+  /** What device discovery found, when it ran (block-device sources), for the stats. */
+  discovery?: DiscoverySummary;
 }
 
 /** What the command line says about allocation. */
 export interface AllocationOptions {
   /** `-ignore-allocation`: copy everything, as if no allocation were known. */
   ignore?: boolean;
+  /**
+   * Look behind a block-device source for the VHD or raw file a tapdisk serves
+   * (`discovery_allocation.ts`); absent: don't look.
+   */
+  discovery?: SourceDiscoveryOptions;
 }
 
 /**
@@ -40,22 +52,36 @@ export interface AllocationOptions {
  * ```
  */
 export async function resolveAllocation(
-  _spec: string,
+  spec: string,
   src: Disk,
   options: AllocationOptions,
 ): Promise<AllocationResult> {
   if (options.ignore) return { route: "ignored", notes: [] };
+  // A VHD (or raw file) behind the device first: devices cannot tell their own allocation.
+  const found = options.discovery
+    ? await allocationFromDiscovery(spec, src, options.discovery)
+    : undefined;
+  if (found?.extents) {
+    return {
+      extents: found.extents,
+      route: found.route ?? "vhd",
+      notes: found.notes,
+      discovery: found.summary,
+    };
+  }
   const extents = await src.allocation?.();
   if (extents !== undefined) {
     return {
       extents: extents.clip(src.size),
       route: src instanceof FileDisk ? "seek-data" : "disk",
-      notes: [],
+      notes: found?.notes ?? [],
+      discovery: found?.summary,
     };
   }
   return {
     route: "none",
-    notes: [`no allocation information for ${src.name}: copying every byte`],
+    notes: [...found?.notes ?? [], `no allocation information for ${src.name}: copying every byte`],
+    discovery: found?.summary,
   };
 }
 

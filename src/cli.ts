@@ -11,8 +11,15 @@ import { resolveAllocation, resolveBase } from "./allocation.ts";
 import { ExitCode, exitCodeOf, messageOf, SparseDdError } from "./errors.ts";
 import { DEFAULT_CONFIG, loadConfig } from "./config.ts";
 import { copy, CopyAborted, type CopyStats } from "./copy.ts";
+import {
+  DISCOVERY_FLAGS,
+  discoveryOptionsFrom,
+  type DiscoverySummary,
+  type SourceDiscoveryOptions,
+} from "./discovery_allocation.ts";
 import type { Disk } from "./disk.ts";
 import { openDestination, openSource } from "./open.ts";
+import { isNbdUri } from "./nbd_protocol.ts";
 import {
   formatBytes,
   HumanProgress,
@@ -62,6 +69,8 @@ export const FLAGS: Record<string, FlagSpec> = {
     help: `zero-scan granularity, a power of two from 512 to 4194304 (default ${DEFAULT_QUANTUM})`,
   },
   "ignore-allocation": { kind: "boolean", help: "copy every byte even where allocation is known" },
+  // -require-vhd, and where discovery looks (-tap-ctl, -sysfs-root, ...: tests, unusual hosts).
+  ...DISCOVERY_FLAGS,
   progress: {
     kind: "string",
     arg: "auto|bar|none",
@@ -81,12 +90,21 @@ export const FLAGS: Record<string, FlagSpec> = {
     help: "ionice class (0 none, 1 realtime, 2 best-effort, 3 idle)",
   },
   ionice_class_data: { kind: "string", arg: "N", help: "ionice priority within the class (0..7)" },
-  "nbd-export": { kind: "string", arg: "NAME", help: "export name of an NBD destination" },
+  "nbd-export": {
+    kind: "string",
+    arg: "NAME",
+    help: "export name of an NBD destination (overrides the URI's)",
+  },
+  "nbd-timeout": {
+    kind: "string",
+    arg: "SECONDS",
+    help: "seconds to wait for each NBD reply, 0 for ever (default 120; connecting: 30)",
+  },
   "dest-proto": {
     kind: "string",
     arg: "PROTO",
-    help: "destination protocol",
-    inert: "only raw file and device destinations are written here",
+    help:
+      "destination protocol: none (file or device) or nbd (needs an nbd:// or nbd+unix:// -dest)",
   },
   "good-ciphersuites": {
     kind: "string",
@@ -146,12 +164,16 @@ export interface Options {
   statsFile?: string;
   quantum: number;
   ignoreAllocation: boolean;
+  /** Device discovery for the source (`discovery_allocation.ts`). */
+  discovery: SourceDiscoveryOptions;
   progress: "auto" | "bar" | "none";
   unbuffered?: boolean;
   nice?: number;
   ioniceClass?: number;
   ioniceClassData?: number;
   nbdExport?: string;
+  /** `-nbd-timeout` in milliseconds; `undefined`: the default. */
+  nbdTimeoutMs?: number;
   /** Flags given that have no effect here, for the stderr note. */
   inert: string[];
   /** Raw values of every flag, for integrations that add their own flags. */
@@ -321,6 +343,44 @@ export async function parse(argv: string[]): Promise<ParseResult> {
       `invalid -progress value '${progress}': expected auto, bar or none`,
     );
   }
+  // -dest-proto: xapi's NBD destinations arrive through an HTTP upgrade (not supported here);
+  // a bare host:port is not accepted either: NBD destinations are always URIs.
+  const destProto = str("dest-proto");
+  if (destProto !== undefined) {
+    const nbdDest = isNbdUri(str("dest")!);
+    if (destProto === "nbd" && !nbdDest) {
+      throw new SparseDdError(
+        ExitCode.Usage,
+        `-dest-proto nbd needs an nbd://host[:port]/export or nbd+unix:///export?socket=PATH -dest, not '${
+          str("dest")
+        }'`,
+      );
+    }
+    if (destProto !== "nbd" && destProto !== "none") {
+      throw new SparseDdError(
+        ExitCode.Usage,
+        `-dest-proto ${destProto} is not supported: only none (files and devices) and nbd (NBD URIs)`,
+      );
+    }
+    if (destProto === "none" && nbdDest) {
+      throw new SparseDdError(
+        ExitCode.Usage,
+        `-dest-proto none contradicts the NBD destination '${str("dest")}'`,
+      );
+    }
+  }
+  const nbdTimeoutText = str("nbd-timeout");
+  let nbdTimeoutMs: number | undefined;
+  if (nbdTimeoutText !== undefined) {
+    const seconds = Number(nbdTimeoutText);
+    if (!/^\d+(\.\d+)?$/.test(nbdTimeoutText.trim()) || !Number.isFinite(seconds)) {
+      throw new SparseDdError(
+        ExitCode.Usage,
+        `invalid -nbd-timeout value '${nbdTimeoutText}': expected seconds (0 = no limit)`,
+      );
+    }
+    nbdTimeoutMs = Math.round(seconds * 1000);
+  }
   if (values["verify-dest"] && !str("cert-bundle-path")) {
     throw new SparseDdError(ExitCode.Usage, "-verify-dest needs -cert-bundle-path");
   }
@@ -344,6 +404,7 @@ export async function parse(argv: string[]): Promise<ParseResult> {
       statsFile: str("stats-file"),
       quantum,
       ignoreAllocation: values["ignore-allocation"] === true,
+      discovery: discoveryOptionsFrom(values),
       progress,
       unbuffered: str("unbuffered") === undefined
         ? undefined
@@ -356,6 +417,7 @@ export async function parse(argv: string[]): Promise<ParseResult> {
         ? undefined
         : parseInteger(str("ionice_class_data")!, "-ionice_class_data", 0, 7),
       nbdExport: str("nbd-export"),
+      nbdTimeoutMs,
       inert,
       values,
     },
@@ -420,6 +482,8 @@ export interface Report extends CopyStats {
   base: string | null;
   allocation: string;
   allocatedExtents: number | null;
+  /** What device discovery found behind a block-device source (null: it did not run). */
+  discovery: DiscoverySummary | null;
 }
 
 function summary(r: Report): string {
@@ -475,9 +539,16 @@ async function applyPriorities(o: Options): Promise<void> {
 /** Runs one copy as the options say; returns the report. Throws on failure. */
 export async function runCopy(o: Options, signal?: AbortSignal): Promise<Report> {
   const machine = o.machine;
-  for (const i of o.inert) note(`note: ${i}`);
+  if (o.inert.length > 0) note(`note: accepted but not applicable here: ${o.inert.join(", ")}`);
   await applyPriorities(o);
-  const openOpts = { unbuffered: o.unbuffered, nbdExport: o.nbdExport };
+  const openOpts = {
+    unbuffered: o.unbuffered,
+    nbdExport: o.nbdExport,
+    nbdTimeoutMs: o.nbdTimeoutMs,
+  };
+  if (o.nbdExport !== undefined && !isNbdUri(o.dest)) {
+    note(`note: -nbd-export ${o.nbdExport} ignored: the destination is not an NBD URI`);
+  }
   let src: Disk | undefined;
   let dst: Disk | undefined;
   try {
@@ -491,12 +562,16 @@ export async function runCopy(o: Options, signal?: AbortSignal): Promise<Report>
         `-size ${size} is larger than the source ${o.src} (${src.size} bytes)`,
       );
     }
-    const alloc = await resolveAllocation(o.src, src, { ignore: o.ignoreAllocation });
-    for (const n of alloc.notes) note(n);
+    // Notes wait until the destination is accepted, so a refused copy prints one line only.
+    const alloc = await resolveAllocation(o.src, src, {
+      ignore: o.ignoreAllocation,
+      discovery: o.discovery,
+    });
+    const notes = [...alloc.notes];
     let unchanged;
     if (o.base) {
       const b = await resolveBase(o.base, o.src, src);
-      for (const n of b.notes) note(n);
+      notes.push(...b.notes);
       unchanged = b.unchanged;
     }
     dst = await openDestination(o.dest, size, openOpts).catch((err) => {
@@ -508,6 +583,7 @@ export async function runCopy(o: Options, signal?: AbortSignal): Promise<Report>
         `destination ${o.dest} is smaller (${dst.size} bytes) than -size ${size}`,
       );
     }
+    for (const n of notes) note(n);
     const prezeroed = o.prezeroed || dst.knownZero === true;
     const reporter: ProgressReporter = machine
       ? new MachineProgress()
@@ -535,6 +611,7 @@ export async function runCopy(o: Options, signal?: AbortSignal): Promise<Report>
       base: o.base ?? null,
       allocation: alloc.route,
       allocatedExtents: alloc.extents?.count ?? null,
+      discovery: alloc.discovery ?? null,
       ...stats,
     };
     reporter.finish();

@@ -66,7 +66,10 @@ export async function loadConfig(file: string, dir: string = file + ".d"): Promi
     try {
       text = await Deno.readTextFile(path);
     } catch (err) {
-      if (err instanceof Deno.errors.NotFound || err instanceof Deno.errors.IsADirectory) return;
+      if (
+        err instanceof Deno.errors.NotFound || err instanceof Deno.errors.IsADirectory ||
+        err instanceof Deno.errors.NotADirectory
+      ) return;
       throw new SparseDdError(
         ExitCode.Usage,
         `cannot read configuration ${path}: ${err instanceof Error ? err.message : err}`,

@@ -155,7 +155,7 @@ export async function runCommand(
   const readers: ReadableStreamDefaultReader<Uint8Array>[] = [];
   const out = drain(child.stdout, limit, (r) => readers.push(r));
   const err = drain(child.stderr, limit, (r) => readers.push(r));
-  let timer: number | undefined;
+  let timer: ReturnType<typeof setTimeout> | undefined;
   const timedOut = new Promise<"timeout">((resolve) => {
     timer = setTimeout(() => resolve("timeout"), options.timeoutMs);
   });

@@ -8,6 +8,10 @@
 import type { Disk } from "./disk.ts";
 import { ExitCode, SparseDdError } from "./errors.ts";
 import { FileDisk } from "./file.ts";
+import { NbdDisk } from "./nbd.ts";
+import { isNbdUri, parseNbdUri } from "./nbd_protocol.ts";
+import type { VhdBackend } from "./libvhd.ts";
+import { isVhdSource, VhdDisk } from "./vhd_disk.ts";
 
 /** What the command line says about how to open disks. */
 export interface OpenOptions {
@@ -15,8 +19,33 @@ export interface OpenOptions {
   unbuffered?: boolean;
   /** How to read the source: detect, or force raw or VHD. */
   srcFormat?: "auto" | "raw" | "vhd";
+  /** `-vhd-backend`: who reads VHD metadata (default auto: libvhd when loadable). */
+  vhdBackend?: VhdBackend;
   /** `-nbd-export`: the export name of an NBD destination. */
   nbdExport?: string;
+  /** `-nbd-timeout`: milliseconds allowed for each NBD request (0: wait forever). */
+  nbdTimeoutMs?: number;
+}
+
+/**
+ * Opens an `nbd://` / `nbd+unix://` URI. A malformed or unsupported URI (`nbds://`) is a usage
+ * error (exit 1); connection and server failures are NBD errors (exit 5).
+ */
+async function openNbd(
+  spec: string,
+  writable: boolean,
+  options: OpenOptions,
+): Promise<Disk> {
+  try {
+    parseNbdUri(spec);
+  } catch (err) {
+    throw new SparseDdError(ExitCode.Usage, (err as Error).message);
+  }
+  return await NbdDisk.open(spec, {
+    writable,
+    exportName: writable ? options.nbdExport : undefined,
+    requestTimeoutMs: options.nbdTimeoutMs,
+  });
 }
 
 /** A `-dest` the tool cannot write to at all (http/https uploads are not implemented). */
@@ -39,8 +68,13 @@ function refuseUnsupported(spec: string): void {
  * src.size;
  * ```
  */
-export async function openSource(spec: string, _options: OpenOptions = {}): Promise<Disk> {
+export async function openSource(spec: string, options: OpenOptions = {}): Promise<Disk> {
   refuseUnsupported(spec);
+  if (isNbdUri(spec)) return await openNbd(spec, false, options);
+  // A VHD file is read as the disk it describes (its chain), not as its bytes.
+  if (await isVhdSource(spec, options.srcFormat ?? "auto")) {
+    return await VhdDisk.open(spec, { backend: options.vhdBackend ?? "auto" });
+  }
   return await FileDisk.open(spec);
 }
 
@@ -58,8 +92,10 @@ export async function openSource(spec: string, _options: OpenOptions = {}): Prom
 export async function openDestination(
   spec: string,
   size: number,
-  _options: OpenOptions = {},
+  options: OpenOptions = {},
 ): Promise<Disk> {
   refuseUnsupported(spec);
+  // An NBD export has its own size and is never assumed to be zero (only -prezeroed says so).
+  if (isNbdUri(spec)) return await openNbd(spec, true, options);
   return await FileDisk.open(spec, { write: true, createSize: size });
 }

@@ -682,23 +682,28 @@ export function decodeLocator(locator: ParentLocator, data: Uint8Array): string 
 }
 
 /**
- * The paths to try for a child's parent, in order, as tapdisk does: each decoded locator, an
- * absolute one as written and then its basename beside the child, a relative one against the
- * child's directory; finally the header's parent name beside the child. Duplicates are dropped.
+ * The paths to try for a child's parent, in order: first everything relative to the child's
+ * directory (relative locators joined to it, then the basenames of absolute locators and of the
+ * header's parent name beside the child), then absolute locators as written, then the basenames in
+ * any extra search directories (xapi adds `/dev/mapper`). Duplicates are dropped. The caller
+ * checks each existing candidate's UUID, so a stale path cannot pick the wrong parent.
  *
- * @param childPath the child's path (ideally after resolving symlinks)
+ * @param childPath the child's path
  * @param locatorPaths decoded locator paths in header order
  * @param parentName the header's parent unicode name
+ * @param searchDirs extra directories to look in
  * @example
  * ```ts
  * import { parentCandidates } from "./vhd.ts";
- * parentCandidates("/sr/child.vhd", ["./base.vhd"], "base.vhd"); // ["/sr/base.vhd"]
+ * parentCandidates("/sr/child.vhd", ["./base.vhd", "/old/base.vhd"], "base.vhd");
+ * // ["/sr/base.vhd", "/old/base.vhd"]
  * ```
  */
 export function parentCandidates(
   childPath: string,
   locatorPaths: readonly string[],
   parentName: string,
+  searchDirs: readonly string[] = [],
 ): string[] {
   const dir = posix.dirname(childPath);
   const out: string[] = [];
@@ -706,17 +711,21 @@ export function parentCandidates(
     const n = posix.normalize(p);
     if (!out.includes(n)) out.push(n);
   };
-  for (const p of locatorPaths) {
-    if (p.startsWith("/")) {
-      add(p);
-      add(posix.join(dir, posix.basename(p)));
-    } else {
-      add(posix.join(dir, p));
+  const names: string[] = [];
+  const addName = (p: string) => {
+    const base = posix.basename(p.replaceAll("\\", "/"));
+    if (base.length > 0 && base !== "." && base !== ".." && !names.includes(base)) {
+      names.push(base);
     }
+  };
+  for (const p of locatorPaths) {
+    if (p.startsWith("/")) addName(p);
+    else add(posix.join(dir, p));
   }
-  const name = parentName.replaceAll("\\", "/");
-  const base = posix.basename(name);
-  if (base.length > 0 && base !== "." && base !== "..") add(posix.join(dir, base));
+  addName(parentName);
+  for (const n of names) add(posix.join(dir, n));
+  for (const p of locatorPaths) if (p.startsWith("/")) add(p);
+  for (const d of searchDirs) for (const n of names) add(posix.join(d, n));
   return out;
 }
 

@@ -1,0 +1,263 @@
+/**
+ * Detached copies (`start`/`status`/`cancel`) keep their state in a directory that outlives the
+ * plugin process: by default `/var/run/nonpersistent/sparse_dd/` (a tmpfs on XenServer, so a
+ * reboot, which kills every copy, also forgets them). One directory per operation:
+ *
+ * - `request.json`: the validated request (written once by `start`);
+ * - `session`: the caller's session ref, for `task.set_progress` (removed when the copy ends);
+ * - `state.json`: written only by the operation's worker process, atomically (rename), except
+ *   when the worker is gone, when `status`/`cancel` record how it ended;
+ * - `cancel`: created by `cancel`; the worker checks it before it starts the copy;
+ * - `stats.json`: sparse_dd's stats, on success.
+ *
+ * @example
+ * ```ts
+ * import { OpStore } from "./ops.ts";
+ * const store = new OpStore("/var/run/nonpersistent/sparse_dd");
+ * const op = await store.read("0b6f2c1e-8a9d-4c3b-b1a2-3f4e5d6c7b8a");
+ * op?.state; // "running", "success", "failed" or "cancelled"
+ * ```
+ *
+ * @module
+ */
+
+import type { CopyRequest } from "./validate.ts";
+
+/** The default state directory. */
+export const DEFAULT_STATE_DIR = "/var/run/nonpersistent/sparse_dd";
+
+/** Finished operations are forgotten after this long (ms): 24 hours. */
+export const DEFAULT_MAX_AGE_MS = 24 * 3600 * 1000;
+
+/** Where an operation is. */
+export type OpStateName = "starting" | "running" | "success" | "failed" | "cancelled";
+
+/** What `status` reports (as JSON). */
+export interface OpState {
+  id: string;
+  state: OpStateName;
+  /** 0..100, from sparse_dd's progress records. */
+  percent: number;
+  src: string;
+  dest: string;
+  size: number | null;
+  base: string | null;
+  prezeroed: boolean;
+  /** ISO times. */
+  created: string;
+  updated: string;
+  finished: string | null;
+  /** The worker process, and the sparse_dd process it runs. */
+  pid: number | null;
+  childPid: number | null;
+  /** sparse_dd's stats (on success). */
+  stats: unknown;
+  /** One line (on failure). */
+  error: string | null;
+}
+
+/**
+ * True for the states an operation never leaves.
+ *
+ * @example
+ * ```ts
+ * import { isFinal } from "./ops.ts";
+ * isFinal("cancelled"); // true
+ * ```
+ */
+export function isFinal(s: OpStateName): boolean {
+  return s === "success" || s === "failed" || s === "cancelled";
+}
+
+/**
+ * True when `pid` is a live process whose command line mentions `marker` — so a recycled pid
+ * that now belongs to something else is never signalled. Zombies have an empty command line.
+ *
+ * @example
+ * ```ts
+ * import { processAlive } from "./ops.ts";
+ * await processAlive(Deno.pid, ""); // true
+ * ```
+ */
+export async function processAlive(pid: number | null, marker: string): Promise<boolean> {
+  if (!pid || pid <= 0) return false;
+  try {
+    const cmdline = await Deno.readTextFile(`/proc/${pid}/cmdline`);
+    return cmdline !== "" && cmdline.includes(marker);
+  } catch {
+    return false;
+  }
+}
+
+/** Writes `text` to `path` atomically: a temporary file, then rename. */
+export async function writeAtomic(path: string, text: string, mode = 0o600): Promise<void> {
+  const tmp = `${path}.tmp-${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
+  await Deno.writeTextFile(tmp, text, { mode });
+  try {
+    await Deno.rename(tmp, path);
+  } catch (err) {
+    await Deno.remove(tmp).catch(() => {});
+    throw err;
+  }
+}
+
+/**
+ * The state directory.
+ *
+ * @example
+ * ```ts
+ * import { OpStore } from "./ops.ts";
+ * const store = new OpStore("/tmp/ops");
+ * const id = await store.create({ src: "/a", dest: "/b", prezeroed: false }, "OpaqueRef:s");
+ * ```
+ */
+export class OpStore {
+  constructor(readonly dir: string) {}
+
+  /** The directory of operation `id`. */
+  opDir(id: string): string {
+    return `${this.dir}/${id}`;
+  }
+
+  /** Creates a new operation in state `starting`; returns its id. */
+  async create(req: CopyRequest, session: string): Promise<string> {
+    await Deno.mkdir(this.dir, { recursive: true, mode: 0o700 });
+    const id = crypto.randomUUID();
+    const dir = this.opDir(id);
+    await Deno.mkdir(dir, { mode: 0o700 });
+    await writeAtomic(`${dir}/request.json`, JSON.stringify(req) + "\n");
+    if (req.taskRef) await writeAtomic(`${dir}/session`, session);
+    const now = new Date().toISOString();
+    await this.write({
+      id,
+      state: "starting",
+      percent: 0,
+      src: req.src,
+      dest: req.dest,
+      size: req.size ?? null,
+      base: req.base ?? null,
+      prezeroed: req.prezeroed,
+      created: now,
+      updated: now,
+      finished: null,
+      pid: null,
+      childPid: null,
+      stats: null,
+      error: null,
+    });
+    return id;
+  }
+
+  /** The request `start` recorded. */
+  async request(id: string): Promise<CopyRequest> {
+    return JSON.parse(await Deno.readTextFile(`${this.opDir(id)}/request.json`));
+  }
+
+  /** The caller's session, if `start` kept one. */
+  async session(id: string): Promise<string | undefined> {
+    try {
+      return (await Deno.readTextFile(`${this.opDir(id)}/session`)).trim();
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Forgets the session (the copy no longer needs it). */
+  async dropSession(id: string): Promise<void> {
+    await Deno.remove(`${this.opDir(id)}/session`).catch(() => {});
+  }
+
+  /** The state of `id`, or undefined when there is no such operation. */
+  async read(id: string): Promise<OpState | undefined> {
+    try {
+      return JSON.parse(await Deno.readTextFile(`${this.opDir(id)}/state.json`));
+    } catch (err) {
+      if (err instanceof Deno.errors.NotFound) return undefined;
+      if (err instanceof SyntaxError) return undefined;
+      throw err;
+    }
+  }
+
+  /** Replaces the state of `state.id` atomically. */
+  async write(state: OpState): Promise<void> {
+    state.updated = new Date().toISOString();
+    await writeAtomic(`${this.opDir(state.id)}/state.json`, JSON.stringify(state) + "\n");
+  }
+
+  /** Marks `id` as to be cancelled (seen by a worker that has not started the copy yet). */
+  async requestCancel(id: string): Promise<void> {
+    await writeAtomic(`${this.opDir(id)}/cancel`, new Date().toISOString());
+  }
+
+  /** True once `cancel` was asked for. */
+  async cancelRequested(id: string): Promise<boolean> {
+    try {
+      await Deno.stat(`${this.opDir(id)}/cancel`);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /**
+   * Settles operations whose worker died (state `failed`, or `cancelled` if a cancel was asked
+   * for) and returns the state. Only called when the worker is gone, so nothing else writes.
+   */
+  async reap(op: OpState): Promise<OpState> {
+    if (isFinal(op.state)) return op;
+    const dir = this.opDir(op.id);
+    if (await processAlive(op.pid, dir)) return op;
+    // A worker still starting has a moment's grace: its pid is not recorded yet.
+    if (op.state === "starting" && Date.now() - Date.parse(op.created) < 30_000) return op;
+    const cancelled = await this.cancelRequested(op.id);
+    if (await processAlive(op.childPid, dir)) {
+      // The worker died but its sparse_dd lives on: only a cancel may stop it.
+      if (!cancelled) return op;
+      Deno.kill(op.childPid!, "SIGTERM");
+    }
+    op.state = cancelled ? "cancelled" : "failed";
+    op.error = cancelled ? "cancelled" : "the worker process exited without recording a result";
+    op.finished = new Date().toISOString();
+    await this.write(op);
+    await this.dropSession(op.id);
+    return op;
+  }
+
+  /**
+   * Removes finished operations older than `maxAgeMs`, directories without a readable state
+   * older than an hour, and settles operations whose worker is gone. Returns the ids removed.
+   */
+  async cleanup(maxAgeMs = DEFAULT_MAX_AGE_MS, now = Date.now()): Promise<string[]> {
+    const removed: string[] = [];
+    let entries: Deno.DirEntry[];
+    try {
+      entries = await Array.fromAsync(Deno.readDir(this.dir));
+    } catch {
+      return removed;
+    }
+    for (const e of entries) {
+      if (!e.isDirectory || !/^[0-9a-f-]{36}$/.test(e.name)) continue;
+      const dir = this.opDir(e.name);
+      try {
+        let op = await this.read(e.name);
+        if (!op) {
+          const info = await Deno.stat(dir);
+          if (now - (info.mtime?.getTime() ?? now) > 3600_000) {
+            await Deno.remove(dir, { recursive: true });
+            removed.push(e.name);
+          }
+          continue;
+        }
+        op = await this.reap(op);
+        const end = op.finished ? Date.parse(op.finished) : NaN;
+        if (isFinal(op.state) && now - end > maxAgeMs) {
+          await Deno.remove(dir, { recursive: true });
+          removed.push(e.name);
+        }
+      } catch {
+        // Another plugin call may be cleaning up the same directory: skip it this time.
+      }
+    }
+    return removed;
+  }
+}

@@ -1,0 +1,296 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of sparse_dd against cp --sparse=always, dd conv=sparse, qemu-img convert
+# and nbdcopy (issue 6). Builds the scenarios in a temporary directory, runs every tool of a
+# scenario interleaved (round 0 = warm-up, then BENCH_RUNS counted rounds of A B C ... each),
+# times each command *including* `sync -d DEST` (every tool's data is durable when the clock
+# stops: sparse_dd flushes, cp/dd/nbdcopy do not), and records peak RSS (/usr/bin/time %M),
+# destination allocation (du) and a cmp check. Writes BENCHMARKS.md (scripts/bench_report.ts).
+#
+# Usage: bash scripts/bench.sh            (or: deno task bench)
+# Environment:
+#   BENCH_QUICK=1        sizes / 8 and 3 counted runs: a try-out in about two minutes
+#   BENCH_RUNS=N         counted runs per tool (default 5; quick 3)
+#   BENCH_ONLY="S1 S4"   only these scenario ids (S1 S2a S2b S3 S4 S5* BIG)
+#   BENCH_DIR=DIR        work directory (default: a new one under /var/tmp, removed at the end)
+#   BENCH_KEEP=1         keep the work directory
+#   BENCH_OUT=FILE       report file (default BENCHMARKS.md; quick mode: BENCHMARKS.quick.md)
+#   SPARSE_DD="cmd"      how to run sparse_dd (default: deno run -A main.ts)
+#
+# scripts/bench_s5.sh, when present, is *sourced* after S4 and defines its scenarios with the same
+# functions S1-S4 use:
+#   scenario ID "title" REF DEST SIZE [ALLOC_PATH]   REF: raw file DEST must equal (cmp -n SIZE);
+#                                                    ALLOC_PATH: what du measures (default DEST)
+#   prep 'shell'      run (untimed) before every run of every tool of the scenario
+#   ours NAME 'cmd'   a sparse_dd row (the first one is the headline)
+#   peer NAME 'cmd'   a peer row
+#   measure           runs the scenario
+#   on_exit 'shell'   cleanup at exit (kill a server you started, ...)
+# and may use $WORK, $SD (the sparse_dd command), $SCALE (1, or 8 in quick mode), $S2_SRC
+# (a dense raw file, 70% zero regions), $S2_SIZE, bench_want ID (true if the id is selected).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$ROOT"
+
+ensure_deno
+ensure_apt time qemu-utils libnbd-bin nbdkit coreutils util-linux
+
+QUICK=${BENCH_QUICK:-0}
+SCALE=1
+RUNS=${BENCH_RUNS:-5}
+if [ "$QUICK" = 1 ]; then
+  SCALE=8
+  RUNS=${BENCH_RUNS:-3}
+fi
+OUT=${BENCH_OUT:-$([ "$QUICK" = 1 ] && echo BENCHMARKS.quick.md || echo BENCHMARKS.md)}
+MiB=$((1024 * 1024))
+GiB=$((1024 * MiB))
+SD=${SPARSE_DD:-"$DENO run -A --quiet --no-lock $ROOT/main.ts"}
+SD_PREFIX=$SD # what the rows show instead of the full command
+
+if [ -n "${BENCH_DIR:-}" ]; then
+  WORK=$BENCH_DIR
+  mkdir -p "$WORK"
+else
+  WORK=$(mktemp -d /var/tmp/sparse_dd_bench.XXXXXX)
+fi
+RESULTS=$WORK/results.tsv
+SCENARIOS=$WORK/scenarios.tsv
+: >"$RESULTS"
+: >"$SCENARIOS"
+
+EXIT_CMDS=()
+on_exit() { EXIT_CMDS+=("$1"); }
+cleanup() {
+  local i
+  for ((i = ${#EXIT_CMDS[@]} - 1; i >= 0; i--)); do eval "${EXIT_CMDS[$i]}" || true; done
+  if [ "${BENCH_KEEP:-0}" != 1 ] && [ -z "${BENCH_DIR:-}" ]; then rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { printf '%s %s\n' "$(date +%T)" "$*" >&2; }
+
+bench_want() {
+  [ -z "${BENCH_ONLY:-}" ] && return 0
+  local id
+  for id in $BENCH_ONLY; do [ "$id" = "$1" ] && return 0; done
+  return 1
+}
+
+# --- the harness ------------------------------------------------------------------------------
+
+SC_ID="" SC_TITLE="" SC_REF="" SC_DEST="" SC_SIZE=0 SC_ALLOC="" SC_PREP=":"
+NAMES=() CMDS=() KINDS=()
+
+scenario() {
+  SC_ID=$1 SC_TITLE=$2 SC_REF=$3 SC_DEST=$4 SC_SIZE=$5 SC_ALLOC=${6:-$4} SC_PREP=":"
+  NAMES=() CMDS=() KINDS=()
+}
+prep() { SC_PREP=$1; }
+ours() { NAMES+=("$1") CMDS+=("$2") KINDS+=(ours); }
+peer() { NAMES+=("$1") CMDS+=("$2") KINDS+=(peer); }
+
+# run_one TOOL_INDEX ROUND: prep, then the timed command + sync; appends a row to $RESULTS.
+run_one() {
+  local i=$1 round=$2 rc=0 t0 t1 rss alloc="" same=""
+  eval "$SC_PREP" >/dev/null 2>&1 || { log "prep failed for $SC_ID"; return 1; }
+  sync
+  t0=$EPOCHREALTIME
+  /usr/bin/time -f %M -o "$WORK/rss" bash -c "${CMDS[$i]} && sync -d '$SC_DEST'" \
+    >"$WORK/out" 2>"$WORK/err" || rc=$?
+  t1=$EPOCHREALTIME
+  rss=$(tail -n 1 "$WORK/rss" 2>/dev/null | tr -dc 0-9)
+  if [ "$round" = 0 ]; then
+    # Allocation and correctness once per tool, after the warm-up run.
+    alloc=$(du -B1 --apparent-size=no "$SC_ALLOC" 2>/dev/null | cut -f1 || true)
+    if [ "$rc" = 0 ] && cmp -s -n "$SC_SIZE" "$SC_REF" "$SC_DEST"; then same=ok; else same=DIFF; fi
+  fi
+  if [ "$rc" != 0 ]; then
+    log "  ${NAMES[$i]} failed (exit $rc): $(head -c 300 "$WORK/err" | tr '\n' ' ')"
+    same=FAIL
+  fi
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$SC_ID" "$i" "$round" \
+    "$(echo "$t1 - $t0" | bc -l)" "${rss:-0}" "$alloc" "$same" "$rc" "${KINDS[$i]}" >>"$RESULTS"
+}
+
+measure() {
+  local rounds=${1:-$RUNS} round i
+  local shown
+  log "$SC_ID: $SC_TITLE (${#NAMES[@]} tools, 1 warm-up + $rounds runs each, interleaved)"
+  for i in "${!NAMES[@]}"; do
+    shown=${CMDS[$i]//"$SD_PREFIX"/sparse_dd}
+    shown=${shown//"$WORK"/\$W}
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$SC_ID" "$i" "${NAMES[$i]}" "${KINDS[$i]}" \
+      "$SC_TITLE" "$SC_SIZE" "$shown" >>"$SCENARIOS"
+  done
+  printf '%s\tload\t%s\n' "$SC_ID" "$(cut -d' ' -f1-3 /proc/loadavg)" >>"$WORK/load.tsv"
+  for ((round = 0; round <= rounds; round++)); do
+    for i in "${!NAMES[@]}"; do run_one "$i" "$round" || true; done
+    log "  round $round done"
+  done
+  printf '%s\tload\t%s\n' "$SC_ID" "$(cut -d' ' -f1-3 /proc/loadavg)" >>"$WORK/load.tsv"
+}
+
+data() { "$DENO" run -A --quiet --no-lock "$ROOT/scripts/bench_data.ts" "$@"; }
+
+# Some helpers use the machine at the same time: say how busy it was.
+log "work directory $WORK; quick=$QUICK runs=$RUNS"
+"$DENO" cache --quiet --no-lock "$ROOT/main.ts" >/dev/null 2>&1 || true
+
+W=$WORK
+D=$W/dest.raw
+
+# --- S1: sparse raw -> fresh file -----------------------------------------------------------------
+S1_SIZE=$((4 * GiB / SCALE))
+if bench_want S1; then
+  S1=$W/s1.raw
+  log "making S1: $((S1_SIZE / MiB)) MiB sparse, 10% of 2 MiB blocks random"
+  data sparse "$S1" "$S1_SIZE" $((2 * MiB)) 0.10 1
+  scenario S1 "$((S1_SIZE / GiB)) GiB sparse raw (10% of 2 MiB blocks data) → new file" "$S1" "$D" "$S1_SIZE"
+  prep "rm -f $D"
+  ours "sparse_dd" "$SD -src $S1 -dest $D -size $S1_SIZE"
+  ours "sparse_dd -unbuffered true" "$SD -src $S1 -dest $D -size $S1_SIZE -unbuffered true"
+  peer "cp --sparse=always" "cp --sparse=always $S1 $D"
+  peer "dd conv=sparse bs=1M" "dd if=$S1 of=$D bs=1M conv=sparse status=none"
+  peer "qemu-img convert" "qemu-img convert -f raw -O raw $S1 $D"
+  peer "qemu-img convert -S 16k" "qemu-img convert -f raw -O raw -S 16k $S1 $D"
+  peer "qemu-img convert -m 8 -W" "qemu-img convert -f raw -O raw -m 8 -W $S1 $D"
+  peer "qemu-img convert --target-is-zero -n" "truncate -s $S1_SIZE $D && qemu-img convert -f raw -O raw --target-is-zero -n $S1 $D"
+  peer "nbdcopy" "nbdcopy $S1 $D"
+  measure
+  rm -f "$D"
+fi
+
+# --- S2: dense raw with 70% zero regions -> fresh file, and -> an existing non-zero file -------
+S2_SIZE=$((2 * GiB / SCALE))
+S2_SRC=$W/s2.raw
+NZ=$W/nonzero.raw
+if bench_want S2a || bench_want S2b || bench_want S4; then
+  log "making S2: $((S2_SIZE / MiB)) MiB dense, 70% of 64 KiB regions zero"
+  data regions "$S2_SRC" "$S2_SIZE" 65536 0.70 2
+fi
+if bench_want S2b || bench_want S4; then
+  data fill "$NZ" "$S2_SIZE" 255
+fi
+if bench_want S2a; then
+  scenario S2a "$((S2_SIZE / GiB)) GiB dense raw, 70% zero 64 KiB regions → new file" "$S2_SRC" "$D" "$S2_SIZE"
+  prep "rm -f $D"
+  ours "sparse_dd" "$SD -src $S2_SRC -dest $D -size $S2_SIZE"
+  ours "sparse_dd -unbuffered true" "$SD -src $S2_SRC -dest $D -size $S2_SIZE -unbuffered true"
+  peer "cp --sparse=always" "cp --sparse=always $S2_SRC $D"
+  peer "dd conv=sparse bs=64K" "dd if=$S2_SRC of=$D bs=64K conv=sparse status=none"
+  peer "qemu-img convert" "qemu-img convert -f raw -O raw $S2_SRC $D"
+  peer "qemu-img convert -S 16k" "qemu-img convert -f raw -O raw -S 16k $S2_SRC $D"
+  peer "qemu-img convert -m 8 -W" "qemu-img convert -f raw -O raw -m 8 -W $S2_SRC $D"
+  peer "qemu-img convert --target-is-zero -n" "truncate -s $S2_SIZE $D && qemu-img convert -f raw -O raw --target-is-zero -n $S2_SRC $D"
+  peer "nbdcopy" "nbdcopy $S2_SRC $D"
+  measure
+  rm -f "$D"
+fi
+if bench_want S2b; then
+  scenario S2b "$((S2_SIZE / GiB)) GiB dense raw, 70% zero 64 KiB regions → existing non-zero file (not prezeroed)" "$S2_SRC" "$D" "$S2_SIZE"
+  # Every run starts from a file full of 0xFF: the zeroes must land.
+  prep "cp $NZ $D"
+  ours "sparse_dd" "$SD -src $S2_SRC -dest $D -size $S2_SIZE"
+  ours "sparse_dd -unbuffered true" "$SD -src $S2_SRC -dest $D -size $S2_SIZE -unbuffered true"
+  peer "cp --sparse=always" "cp --sparse=always $S2_SRC $D"
+  peer "dd conv=sparse bs=64K" "dd if=$S2_SRC of=$D bs=64K conv=sparse status=none"
+  peer "qemu-img convert" "qemu-img convert -f raw -O raw $S2_SRC $D"
+  peer "qemu-img convert -n" "qemu-img convert -f raw -O raw -n $S2_SRC $D"
+  peer "qemu-img convert -S 16k -n" "qemu-img convert -f raw -O raw -S 16k -n $S2_SRC $D"
+  peer "qemu-img convert -m 8 -W -n" "qemu-img convert -f raw -O raw -m 8 -W -n $S2_SRC $D"
+  peer "nbdcopy" "nbdcopy $S2_SRC $D"
+  measure
+  rm -f "$D"
+fi
+
+# --- S3: dynamic VHD (qemu-img, 10% written with qemu-io) -> raw ---------------------------------
+S3_SIZE=$((4 * GiB / SCALE))
+if bench_want S3; then
+  S3=$W/s3.vhd
+  S3_REF=$W/s3.ref.raw
+  log "making S3: $((S3_SIZE / MiB)) MiB dynamic VHD, 10% of 2 MiB blocks written by qemu-io"
+  qemu-img create -q -f vpc -o subformat=dynamic,force_size=on "$S3" "$S3_SIZE"
+  mapfile -t offs < <(data offsets "$S3_SIZE" $((2 * MiB)) 0.10 3)
+  args=()
+  for k in "${!offs[@]}"; do
+    # A few different random patterns, so blocks differ.
+    p=$W/pattern$((k % 4))
+    [ -e "$p" ] || data random "$p" $((2 * MiB)) $((10 + k % 4))
+    args+=(-c "write -q -s $p ${offs[$k]} 2M")
+  done
+  qemu-io -f vpc "${args[@]}" "$S3"
+  qemu-img convert -f vpc -O raw "$S3" "$S3_REF"
+  scenario S3 "$((S3_SIZE / GiB)) GiB dynamic VHD (10% of blocks written) → raw new file" "$S3_REF" "$D" "$S3_SIZE"
+  prep "rm -f $D"
+  ours "sparse_dd" "$SD -src $S3 -dest $D -size $S3_SIZE"
+  ours "sparse_dd -unbuffered true" "$SD -src $S3 -dest $D -size $S3_SIZE -unbuffered true"
+  peer "qemu-img convert" "qemu-img convert -f vpc -O raw $S3 $D"
+  peer "qemu-img convert -S 16k" "qemu-img convert -f vpc -O raw -S 16k $S3 $D"
+  peer "qemu-img convert -m 8 -W" "qemu-img convert -f vpc -O raw -m 8 -W $S3 $D"
+  peer "qemu-img convert --target-is-zero -n" "truncate -s $S3_SIZE $D && qemu-img convert -f vpc -O raw --target-is-zero -n $S3 $D"
+  peer "nbdcopy via qemu-nbd" "nbdcopy -- [ qemu-nbd -r -f vpc $S3 ] $D"
+  measure
+  rm -f "$D" "$S3_REF" "$W"/pattern*
+fi
+
+# --- S4: loop device -> loop device, not prezeroed -------------------------------------------------
+if bench_want S4; then
+  B=$W/s4.dest.img
+  cp "$NZ" "$B"
+  LA=$(losetup -f --show -r "$S2_SRC")
+  on_exit "losetup -d $LA"
+  LB=$(losetup -f --show "$B")
+  on_exit "losetup -d $LB"
+  log "S4: $LA (ro, over the S2 source) → $LB (over a file of 0xFF)"
+  scenario S4 "$((S2_SIZE / GiB)) GiB loop device → loop device holding 0xFF (not prezeroed)" "$S2_SRC" "$LB" "$S2_SIZE" "$B"
+  prep "dd if=$NZ of=$LB bs=4M oflag=direct status=none"
+  ours "sparse_dd" "$SD -src $LA -dest $LB -size $S2_SIZE"
+  ours "sparse_dd -unbuffered true" "$SD -src $LA -dest $LB -size $S2_SIZE -unbuffered true"
+  peer "dd bs=1M" "dd if=$LA of=$LB bs=1M status=none"
+  peer "qemu-img convert -n" "qemu-img convert -f raw -O raw -n $LA $LB"
+  peer "qemu-img convert -S 16k -n" "qemu-img convert -f raw -O raw -S 16k -n $LA $LB"
+  peer "qemu-img convert -m 8 -W -n" "qemu-img convert -f raw -O raw -m 8 -W -n $LA $LB"
+  peer "nbdcopy" "nbdcopy $LA $LB"
+  measure
+fi
+
+# --- S5: written by the NBD helper ----------------------------------------------------------------
+if [ -f "$ROOT/scripts/bench_s5.sh" ]; then
+  # shellcheck source=/dev/null
+  source "$ROOT/scripts/bench_s5.sh"
+fi
+
+# --- BIG: peak RSS with a 64 GiB sparse disk --------------------------------------------------------
+BIG_SIZE=$((64 * GiB / SCALE))
+if bench_want BIG; then
+  BIG=$W/big.raw
+  log "making BIG: $((BIG_SIZE / GiB)) GiB sparse, 0.5% of 2 MiB blocks random"
+  data sparse "$BIG" "$BIG_SIZE" $((2 * MiB)) 0.005 4
+  scenario BIG "$((BIG_SIZE / GiB)) GiB sparse raw (0.5% of 2 MiB blocks data) → new file: peak RSS" "$BIG" "$D" "$BIG_SIZE"
+  prep "rm -f $D"
+  ours "sparse_dd" "$SD -src $BIG -dest $D -size $BIG_SIZE"
+  peer "cp --sparse=always" "cp --sparse=always $BIG $D"
+  peer "qemu-img convert" "qemu-img convert -f raw -O raw $BIG $D"
+  peer "nbdcopy" "nbdcopy $BIG $D"
+  measure 2
+  rm -f "$D" "$BIG"
+fi
+
+# --- the report --------------------------------------------------------------------------------------
+{
+  echo "date=$(date -u +%Y-%m-%dT%H:%MZ)"
+  echo "quick=$QUICK"
+  echo "runs=$RUNS"
+  echo "cpus=$(nproc)"
+  echo "mem=$(free -g | awk '/Mem:/ {print $2}') GiB"
+  echo "kernel=$(uname -r)"
+  echo "fs=$(findmnt -no FSTYPE -T "$WORK")"
+  echo "deno=$("$DENO" --version | head -1)"
+  echo "qemu=$(qemu-img --version | head -1)"
+  echo "nbdcopy=$(nbdcopy --version | head -1)"
+  echo "coreutils=$(cp --version | head -1)"
+  echo "command=${BENCH_CMDLINE:-$( [ "$QUICK" = 1 ] && echo 'BENCH_QUICK=1 ')deno task bench}"
+} >"$WORK/meta.txt"
+"$DENO" run --allow-read --allow-write --no-lock "$ROOT/scripts/bench_report.ts" "$WORK" "$ROOT/$OUT"
+log "wrote $OUT"

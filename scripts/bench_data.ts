@@ -1,0 +1,131 @@
+/**
+ * Makes the benchmark's disk images, reproducibly (seeded), for scripts/bench.sh.
+ *
+ * ```sh
+ * deno run -A scripts/bench_data.ts sparse   PATH SIZE BLOCK FRACTION SEED  # holes + random blocks
+ * deno run -A scripts/bench_data.ts regions  PATH SIZE REGION ZERO_FRACTION SEED  # dense, zero regions
+ * deno run -A scripts/bench_data.ts fill     PATH SIZE BYTE                  # dense, one byte value
+ * deno run -A scripts/bench_data.ts random   PATH SIZE SEED                  # dense random bytes
+ * deno run -A scripts/bench_data.ts offsets  SIZE BLOCK FRACTION SEED       # chosen block offsets
+ * ```
+ *
+ * `sparse` leaves every unchosen block a hole; `regions` writes every byte (zero regions too), so
+ * the file is fully allocated and only scanning can find its zeroes.
+ *
+ * @module
+ */
+
+const MiB = 1 << 20;
+
+/** xorshift128: fast seeded bytes (not cryptographic, not meant to be). */
+class Bytes {
+  #s = new Uint32Array(4);
+  constructor(seed: number) {
+    this.#s.set([seed ^ 0x9e3779b9, 0x243f6a88, 0x85a308d3, 0x13198a2e ^ (seed * 31)]);
+    for (let i = 0; i < 16; i++) this.next();
+  }
+  next(): number {
+    const s = this.#s;
+    let t = s[3];
+    const x = s[0];
+    s[3] = s[2];
+    s[2] = s[1];
+    s[1] = x;
+    t ^= t << 11;
+    t ^= t >>> 8;
+    s[0] = t ^ x ^ (x >>> 19);
+    return s[0];
+  }
+  fill(buf: Uint8Array): Uint8Array {
+    const w = new Uint32Array(buf.buffer, buf.byteOffset, buf.length >>> 2);
+    for (let i = 0; i < w.length; i++) w[i] = this.next() | 1; // never an all-zero word
+    return buf;
+  }
+  /** A float in [0, 1). */
+  unit(): number {
+    return this.next() / 4294967296;
+  }
+}
+
+/** The offsets of the chosen blocks: `round(fraction * blocks)` distinct blocks, sorted. */
+function chooseBlocks(size: number, block: number, fraction: number, seed: number): number[] {
+  const blocks = Math.floor(size / block);
+  const want = Math.round(blocks * fraction);
+  const r = new Bytes(seed);
+  const idx = Array.from({ length: blocks }, (_, i) => i);
+  for (let i = 0; i < want; i++) {
+    const j = i + Math.floor(r.unit() * (blocks - i));
+    [idx[i], idx[j]] = [idx[j], idx[i]];
+  }
+  return idx.slice(0, want).sort((a, b) => a - b).map((i) => i * block);
+}
+
+async function writeAll(f: Deno.FsFile, buf: Uint8Array): Promise<void> {
+  for (let n = 0; n < buf.length;) n += await f.write(buf.subarray(n));
+}
+
+const [cmd, ...args] = Deno.args;
+const num = (i: number) => {
+  const n = Number(args[i]);
+  if (!Number.isFinite(n)) throw new Error(`argument ${i + 2} must be a number: ${args[i]}`);
+  return n;
+};
+
+switch (cmd) {
+  case "sparse": {
+    const [path] = args;
+    const size = num(1), block = num(2), fraction = num(3), seed = num(4);
+    await Deno.remove(path).catch(() => {});
+    const f = await Deno.open(path, { write: true, create: true, truncate: true });
+    await f.truncate(size);
+    const r = new Bytes(seed + 1);
+    const buf = new Uint8Array(block);
+    for (const at of chooseBlocks(size, block, fraction, seed)) {
+      await f.seek(at, Deno.SeekMode.Start);
+      await writeAll(f, r.fill(buf));
+    }
+    f.close();
+    break;
+  }
+  case "regions": {
+    const [path] = args;
+    const size = num(1), region = num(2), zeroFraction = num(3), seed = num(4);
+    const f = await Deno.open(path, { write: true, create: true, truncate: true });
+    const r = new Bytes(seed);
+    const data = new Bytes(seed + 1);
+    const buf = new Uint8Array(4 * MiB);
+    for (let off = 0; off < size; off += buf.length) {
+      const n = Math.min(buf.length, size - off);
+      for (let q = 0; q < n; q += region) {
+        const part = buf.subarray(q, Math.min(n, q + region));
+        if (r.unit() < zeroFraction) part.fill(0);
+        else data.fill(part);
+      }
+      await writeAll(f, buf.subarray(0, n));
+    }
+    f.close();
+    break;
+  }
+  case "fill":
+  case "random": {
+    const [path] = args;
+    const size = num(1);
+    const r = new Bytes(cmd === "random" ? num(2) : 0);
+    const buf = new Uint8Array(4 * MiB);
+    if (cmd === "fill") buf.fill(num(2));
+    const f = await Deno.open(path, { write: true, create: true, truncate: true });
+    for (let off = 0; off < size; off += buf.length) {
+      const n = Math.min(buf.length, size - off);
+      await writeAll(f, cmd === "random" ? r.fill(buf.subarray(0, n)) : buf.subarray(0, n));
+    }
+    f.close();
+    break;
+  }
+  case "offsets": {
+    console.log(chooseBlocks(num(0), num(1), num(2), num(3)).join("\n"));
+    break;
+  }
+  default:
+    console.error("usage: bench_data.ts sparse|regions|fill|random|offsets ...");
+    Deno.exit(1);
+}

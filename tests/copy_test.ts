@@ -1,0 +1,271 @@
+import { Buffer } from "node:buffer";
+import { deepStrictEqual, ok, rejects, strictEqual } from "node:assert/strict";
+import { copy, CopyAborted, type CopyStats } from "../src/copy.ts";
+import { type Disk, DiskError, MemoryDisk } from "../src/disk.ts";
+import { type Extent, ExtentSet } from "../src/extent.ts";
+import { Prng } from "./prng.ts";
+
+/**
+ * The seed's random disk: blocks of size/100 bytes, each allocated or not; allocated blocks hold
+ * a mix of zero and non-zero bytes (in runs, so that whole quanta are zero), unallocated blocks
+ * are zero.
+ */
+function randomDisk(r: Prng, size: number): { data: Uint8Array; allocation: ExtentSet } {
+  const data = new Uint8Array(size);
+  const bs = Math.max(1, Math.floor(size / 100) + r.int(64));
+  const alloc: Extent[] = [];
+  for (let start = 0; start < size; start += bs) {
+    if (!r.chance(0.5)) continue;
+    const length = Math.min(bs, size - start);
+    alloc.push({ start, length });
+    let i = start;
+    while (i < start + length) {
+      const run = 1 + r.int(300);
+      const nonzero = r.chance(0.4);
+      for (let k = i; k < Math.min(start + length, i + run); k++) {
+        data[k] = nonzero ? 1 + r.int(255) : 0;
+      }
+      i += run;
+    }
+  }
+  return { data, allocation: ExtentSet.of(alloc) };
+}
+
+/** A disk that records every range written or zeroed, on top of a MemoryDisk. */
+class Recording implements Disk {
+  touched: Extent[] = [];
+  readonly zero?: (o: number, l: number) => Promise<void>;
+  constructor(readonly inner: MemoryDisk) {
+    if (inner.zero) {
+      this.zero = (o, l) => {
+        this.touched.push({ start: o, length: l });
+        return inner.zero!(o, l);
+      };
+    }
+  }
+  get name() {
+    return this.inner.name;
+  }
+  get size() {
+    return this.inner.size;
+  }
+  read(o: number, b: Uint8Array) {
+    return this.inner.read(o, b);
+  }
+  write(o: number, b: Uint8Array) {
+    this.touched.push({ start: o, length: b.length });
+    return this.inner.write(o, b);
+  }
+  flush() {
+    return this.inner.flush();
+  }
+  close() {
+    return this.inner.close();
+  }
+}
+
+function checkStats(s: CopyStats, size: number, where: string) {
+  strictEqual(
+    s.dataBytes + s.zeroedBytes + s.skippedBytes + s.unchangedBytes,
+    size,
+    `${where}: every byte counted once`,
+  );
+  strictEqual(s.bytesRead, s.allocatedBytes, `${where}: read exactly the allocated bytes`);
+  ok(s.bytesWritten >= s.dataBytes, `${where}: bytesWritten covers data`);
+  ok(s.seconds >= 0 && s.throughput >= 0, where);
+}
+
+Deno.test("1000 seeded random disks copy identically in all four (ignore allocation, prezeroed) combinations", async () => {
+  let totalWrites = 0;
+  let totalSkipped = 0;
+  for (let seed = 1; seed <= 1000; seed++) {
+    const r = new Prng(seed);
+    const size = r.int(20000);
+    const { data, allocation } = randomDisk(r, size);
+    const quantum = [16, 64, 512, 4096][r.int(4)];
+    const chunkSize = quantum * (1 + r.int(8));
+    const readAhead = 1 + r.int(4);
+    for (const ignore of [true, false]) {
+      for (const prezeroed of [true, false]) {
+        const where = `seed ${seed} ignore=${ignore} prezeroed=${prezeroed}`;
+        const src = MemoryDisk.from(data, { allocation });
+        const canZero = r.chance(0.5);
+        const dst = prezeroed
+          ? new MemoryDisk(size, { canZero })
+          : new MemoryDisk(r.fill(new Uint8Array(size)), { canZero });
+        const stats = await copy(src, dst, {
+          size,
+          allocation: ignore ? undefined : allocation,
+          prezeroed,
+          quantum,
+          chunkSize,
+          readAhead,
+        });
+        ok(Buffer.from(dst.data).equals(Buffer.from(data)), `${where}: copy differs`);
+        checkStats(stats, size, where);
+        strictEqual(stats.allocatedBytes, ignore ? size : allocation.bytes, where);
+        strictEqual(src.counters.bytesRead, stats.bytesRead, where);
+        strictEqual(dst.counters.bytesWritten, stats.bytesWritten, where);
+        strictEqual(dst.counters.writes, stats.writes, where);
+        if (!prezeroed) strictEqual(stats.skippedBytes, 0, `${where}: nothing skipped`);
+        if (prezeroed) {
+          strictEqual(stats.zeroedBytes, 0, `${where}: nothing zeroed`);
+          strictEqual(dst.counters.zeroCalls, 0, where);
+        }
+        if (canZero) {
+          strictEqual(stats.bytesWritten, stats.dataBytes, `${where}: zeroes via zero()`);
+        } else strictEqual(stats.bytesWritten, stats.dataBytes + stats.zeroedBytes, where);
+        totalWrites += stats.writes;
+        totalSkipped += stats.skippedBytes;
+      }
+    }
+  }
+  ok(totalWrites > 0 && totalSkipped > 0, "the random disks exercised both writing and skipping");
+});
+
+Deno.test("a prezeroed destination receives only whole quanta that hold data", async () => {
+  const size = 1 << 20;
+  const data = new Uint8Array(size);
+  data[100] = 1; // quantum 0
+  data[5 * 16384 + 7] = 2; // quantum 5
+  const dst = new Recording(new MemoryDisk(size));
+  const stats = await copy(MemoryDisk.from(data), dst, { size, prezeroed: true });
+  deepStrictEqual(dst.touched, [{ start: 0, length: 16384 }, { start: 5 * 16384, length: 16384 }]);
+  strictEqual(stats.skippedBytes, size - 2 * 16384);
+});
+
+Deno.test("nothing is written outside [0, size) of a larger destination", async () => {
+  for (let seed = 1; seed <= 200; seed++) {
+    const r = new Prng(seed);
+    const size = r.int(5000);
+    const extra = 1 + r.int(3000);
+    const { data, allocation } = randomDisk(r, size + extra);
+    const garbage = r.fill(new Uint8Array(size + extra));
+    const dst = new Recording(MemoryDisk.from(garbage, { canZero: r.chance(0.5) }));
+    await copy(MemoryDisk.from(data), dst, {
+      size,
+      allocation,
+      prezeroed: r.chance(0.5),
+      quantum: 64,
+      chunkSize: 256,
+    });
+    for (const t of dst.touched) {
+      ok(t.start + t.length <= size, `seed ${seed}: touched ${JSON.stringify(t)}`);
+    }
+    deepStrictEqual(
+      dst.inner.data.subarray(size),
+      garbage.subarray(size),
+      `seed ${seed}: tail changed`,
+    );
+  }
+});
+
+Deno.test("unchanged ranges (-base) are neither read nor written, with or without -prezeroed", async () => {
+  for (let seed = 1; seed <= 300; seed++) {
+    const r = new Prng(seed);
+    const size = 64 * (1 + r.int(200));
+    const block = 64;
+    const base = r.fill(new Uint8Array(size));
+    const src = base.slice();
+    const changed: Extent[] = [];
+    for (let b = 0; b < size / block; b++) {
+      if (!r.chance(0.3)) continue;
+      changed.push({ start: b * block, length: block });
+      // A changed block may become zero: the copy must still land it (no zero skipping).
+      if (r.chance(0.5)) src.fill(0, b * block, (b + 1) * block);
+      else r.fill(src.subarray(b * block, (b + 1) * block));
+    }
+    const unchanged = ExtentSet.of(changed).complement(size);
+    const srcDisk = MemoryDisk.from(src);
+    const dst = new Recording(MemoryDisk.from(base, { canZero: r.chance(0.5) }));
+    const stats = await copy(srcDisk, dst, {
+      size,
+      prezeroed: r.chance(0.5),
+      unchanged,
+      quantum: 16,
+      chunkSize: 128,
+    });
+    ok(Buffer.from(dst.inner.data).equals(Buffer.from(src)), `seed ${seed}: copy differs`);
+    strictEqual(stats.unchangedBytes, unchanged.bytes, `seed ${seed}`);
+    strictEqual(stats.bytesRead, size - unchanged.bytes, `seed ${seed}`);
+    ok(
+      ExtentSet.of(dst.touched).intersection(unchanged).isEmpty,
+      `seed ${seed}: wrote unchanged bytes`,
+    );
+  }
+});
+
+Deno.test("a failing source read is reported with the disk name, role and offset", async () => {
+  const src = new MemoryDisk(1 << 20, { name: "/dev/src" });
+  src.read = (offset: number) =>
+    offset >= 512 * 1024 ? Promise.reject(new Error("Input/output error")) : Promise.resolve();
+  const dst = new MemoryDisk(1 << 20, { name: "/dev/dst" });
+  await rejects(copy(src, dst, { size: 1 << 20, prezeroed: false, chunkSize: 65536 }), (e) => {
+    ok(e instanceof DiskError);
+    strictEqual(e.role, "source");
+    strictEqual(e.offset, 512 * 1024);
+    strictEqual(e.message, "cannot read /dev/src at offset 524288: Input/output error");
+    return true;
+  });
+  // Everything before the failure landed; nothing at or after it.
+  ok(dst.counters.bytesWritten <= 512 * 1024);
+});
+
+Deno.test("a failing destination write is reported as a destination error with its offset", async () => {
+  const src = MemoryDisk.filled(1 << 20, 9);
+  const dst = new MemoryDisk(1 << 20, { name: "/dev/dst" });
+  dst.write = (offset: number) =>
+    offset >= 65536 ? Promise.reject(new Error("No space left on device")) : Promise.resolve();
+  await rejects(copy(src, dst, { size: 1 << 20, prezeroed: false, chunkSize: 65536 }), (e) => {
+    ok(e instanceof DiskError);
+    strictEqual(e.role, "destination");
+    strictEqual(e.offset, 65536);
+    return true;
+  });
+});
+
+Deno.test("a destination smaller than size is refused before anything is written", async () => {
+  const dst = new MemoryDisk(1000);
+  await rejects(copy(MemoryDisk.filled(2000, 1), dst, { size: 2000, prezeroed: false }), (e) => {
+    ok(e instanceof DiskError && e.role === "destination");
+    return true;
+  });
+  strictEqual(dst.counters.writes, 0);
+});
+
+Deno.test("an aborted copy stops between steps with CopyAborted naming the offset", async () => {
+  const ac = new AbortController();
+  const dst = new MemoryDisk(1 << 20);
+  await rejects(
+    copy(MemoryDisk.filled(1 << 20, 3), dst, {
+      size: 1 << 20,
+      prezeroed: false,
+      chunkSize: 65536,
+      signal: ac.signal,
+      onProgress: (done) => {
+        if (done >= 3 * 65536) ac.abort("SIGTERM");
+      },
+    }),
+    (e) => e instanceof CopyAborted && e.offset === 3 * 65536,
+  );
+  strictEqual(dst.counters.bytesWritten, 3 * 65536);
+});
+
+Deno.test("progress rises monotonically from 0 to the total work", async () => {
+  const seen: number[] = [];
+  let total = -1;
+  await copy(MemoryDisk.filled(1 << 20, 1), new MemoryDisk(1 << 20), {
+    size: 1 << 20,
+    allocation: ExtentSet.range(0, 300000),
+    prezeroed: false,
+    chunkSize: 65536,
+    onProgress: (d, t) => {
+      seen.push(d);
+      total = t;
+    },
+  });
+  strictEqual(seen[0], 0);
+  strictEqual(seen[seen.length - 1], total);
+  strictEqual(total, 1 << 20);
+  for (let i = 1; i < seen.length; i++) ok(seen[i] >= seen[i - 1]);
+});
