@@ -102,7 +102,7 @@ run_one() {
   rss=$(tail -n 1 "$WORK/rss" 2>/dev/null | tr -dc 0-9)
   if [ "$round" = 0 ]; then
     # Allocation and correctness once per tool, after the warm-up run.
-    alloc=$(du -B1 --apparent-size=no "$SC_ALLOC" 2>/dev/null | cut -f1 || true)
+    alloc=$(du -B1 "$SC_ALLOC" 2>/dev/null | cut -f1 || true)
     if [ "$rc" = 0 ] && cmp -s -n "$SC_SIZE" "$SC_REF" "$SC_DEST"; then same=ok; else same=DIFF; fi
   fi
   if [ "$rc" != 0 ]; then
@@ -110,7 +110,7 @@ run_one() {
     same=FAIL
   fi
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$SC_ID" "$i" "$round" \
-    "$(echo "$t1 - $t0" | bc -l)" "${rss:-0}" "$alloc" "$same" "$rc" "${KINDS[$i]}" >>"$RESULTS"
+    "$(awk "BEGIN { print $t1 - $t0 }")" "${rss:-0}" "$alloc" "$same" "$rc" "${KINDS[$i]}" >>"$RESULTS"
 }
 
 measure() {

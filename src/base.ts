@@ -9,9 +9,13 @@
  */
 
 import { type ChainOptions, openChain, type VhdChain } from "./chain.ts";
+import type { Disk } from "./disk.ts";
 import { ExtentSet } from "./extent.ts";
-import { FileAccess } from "./layer.ts";
-import { FOOTER_SIZE, hasVhdCookie } from "./vhd.ts";
+import { isVhdFile } from "./layer.ts";
+
+import { VhdDisk } from "./vhd_disk.ts";
+
+export { isVhdFile };
 
 /** What {@linkcode planBase} found. */
 export interface BasePlan {
@@ -76,38 +80,6 @@ export function planBase(source: VhdChain, base: VhdChain, size: number = source
 }
 
 /**
- * True when the file at `path` is a VHD: a regular file (or block device) whose last 512 bytes,
- * or first 512 bytes (the footer copy), start with the cookie `conectix`.
- *
- * @example
- * ```ts ignore
- * import { isVhdFile } from "./base.ts";
- * await isVhdFile("disk.vhd"); // true
- * await isVhdFile("disk.raw"); // false
- * ```
- */
-export async function isVhdFile(path: string): Promise<boolean> {
-  let file: FileAccess;
-  try {
-    file = await FileAccess.open(path);
-  } catch {
-    return false;
-  }
-  try {
-    if (file.size < FOOTER_SIZE) return false;
-    const buf = new Uint8Array(FOOTER_SIZE);
-    await file.readAt(file.size - FOOTER_SIZE, buf);
-    if (hasVhdCookie(buf)) return true;
-    await file.readAt(0, buf);
-    return hasVhdCookie(buf);
-  } catch {
-    return false;
-  } finally {
-    file.close();
-  }
-}
-
-/**
  * The `unchanged` set for a copy of the source chain at `sourcePath` over a destination holding
  * `basePath`, or `undefined` when the base is not a VHD (the caller warns and copies in full).
  * A base that is a VHD but broken is an error, not a silent full copy.
@@ -139,5 +111,88 @@ export async function baseUnchanged(
     }
   } finally {
     source.close();
+  }
+}
+
+/** Inputs of {@linkcode resolveVhdBase}: what the command line and the opened source say. */
+export interface VhdBaseInputs {
+  /** `-base` as given (a VHD file, or a device whose VHD is `baseVhd`); may be undefined. */
+  base?: string;
+  /** `-base-vhd`: the VHD behind the base. */
+  baseVhd?: string;
+  /** The opened source: a {@linkcode VhdDisk} brings its own chain. */
+  source: Disk;
+  /** The VHD behind a device source (`-src-vhd`, or what discovery found). */
+  srcVhd?: string;
+  /** Bytes of the copy. */
+  size: number;
+  /** Chain options (backend, search directories). */
+  chain?: ChainOptions;
+}
+
+/** What {@linkcode resolveVhdBase} decided. */
+export interface VhdBaseResult {
+  /** Ranges the destination already holds; `undefined`: full copy. */
+  unchanged?: ExtentSet;
+  /** Lines for stderr (the full-copy warning). */
+  notes: string[];
+  /** The layer comparison, when both sides were VHD chains. */
+  plan?: BasePlan;
+}
+
+/**
+ * Resolves `-base` for the CLI: when both the source and the base are VHD chains, the ranges the
+ * destination already holds; otherwise a warning and a full copy (as xapi's sparse_dd, which
+ * ignores a non-VHD base). A base that is a VHD but broken, or whose parents are missing, is an
+ * error: silently copying everything would hide it.
+ *
+ * @example
+ * ```ts ignore
+ * import { resolveVhdBase } from "./base.ts";
+ * const r = await resolveVhdBase({ base: "snap.vhd", source: src, size: src.size });
+ * r.unchanged; // pass to copy()
+ * ```
+ */
+export async function resolveVhdBase(inputs: VhdBaseInputs): Promise<VhdBaseResult> {
+  const label = inputs.base ?? inputs.baseVhd ?? "";
+  let basePath = inputs.baseVhd;
+  if (basePath === undefined && inputs.base !== undefined) {
+    const info = await Deno.stat(inputs.base).catch(() => undefined);
+    if (info?.isFile && await isVhdFile(inputs.base)) basePath = inputs.base;
+  }
+  if (basePath === undefined) {
+    return {
+      notes: [
+        `warning: -base ${label} is not a VHD chain sparse_dd can read (give -base-vhd PATH): ` +
+        `doing a full copy`,
+      ],
+    };
+  }
+  let source: VhdChain | undefined;
+  let owned = false;
+  if (inputs.source instanceof VhdDisk) {
+    source = inputs.source.chain;
+  } else if (inputs.srcVhd !== undefined) {
+    source = await openChain(inputs.srcVhd, inputs.chain);
+    owned = true;
+  }
+  if (source === undefined) {
+    return {
+      notes: [
+        `warning: -base ${label} ignored: the source ${inputs.source.name} is not a VHD chain ` +
+        `(give -src-vhd PATH): doing a full copy`,
+      ],
+    };
+  }
+  try {
+    const base = await openChain(basePath, inputs.chain);
+    try {
+      const plan = planBase(source, base, inputs.size);
+      return { unchanged: plan.unchanged, notes: [], plan };
+    } finally {
+      base.close();
+    }
+  } finally {
+    if (owned) source.close();
   }
 }

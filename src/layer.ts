@@ -166,6 +166,38 @@ export class MemoryAccess implements RandomAccess {
   close(): void {}
 }
 
+/**
+ * True when the file at `path` is a VHD: a regular file (or block device) whose last 512 bytes,
+ * or first 512 bytes (the footer copy), start with the cookie `conectix`.
+ *
+ * @example
+ * ```ts ignore
+ * import { isVhdFile } from "./layer.ts";
+ * await isVhdFile("disk.vhd"); // true
+ * await isVhdFile("disk.raw"); // false
+ * ```
+ */
+export async function isVhdFile(path: string): Promise<boolean> {
+  let file: FileAccess;
+  try {
+    file = await FileAccess.open(path);
+  } catch {
+    return false;
+  }
+  try {
+    if (file.size < FOOTER_SIZE) return false;
+    const buf = new Uint8Array(FOOTER_SIZE);
+    await file.readAt(file.size - FOOTER_SIZE, buf);
+    if (hasVhdCookie(buf)) return true;
+    await file.readAt(0, buf);
+    return hasVhdCookie(buf);
+  } catch {
+    return false;
+  } finally {
+    file.close();
+  }
+}
+
 function errorText(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }

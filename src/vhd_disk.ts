@@ -10,7 +10,8 @@
 import { type ChainOptions, openChain, type VhdChain } from "./chain.ts";
 import { asDiskError, type Disk, DiskError } from "./disk.ts";
 import type { ExtentSet } from "./extent.ts";
-import { isVhdFile } from "./base.ts";
+import { ExitCode, SparseDdError } from "./errors.ts";
+import { isVhdFile } from "./layer.ts";
 
 /**
  * A VHD chain as a source disk.
@@ -133,4 +134,35 @@ export async function isVhdSource(
     return false; // FileDisk.open gives the error for a missing source
   }
   return info.isFile && await isVhdFile(spec);
+}
+
+/**
+ * The allocation of the VHD chain at `vhdPath` for a device source of `deviceSize` bytes
+ * (`-src-vhd`): the chain must describe a disk of that size, or it is not this device's VHD.
+ *
+ * @example
+ * ```ts ignore
+ * import { deviceVhdAllocation } from "./vhd_disk.ts";
+ * const extents = await deviceVhdAllocation("/dev/sm/x", 10 << 30, "/sr/x.vhd");
+ * ```
+ */
+export async function deviceVhdAllocation(
+  device: string,
+  deviceSize: number,
+  vhdPath: string,
+  options: ChainOptions = {},
+): Promise<ExtentSet> {
+  const chain = await openChain(vhdPath, options);
+  try {
+    if (chain.size !== deviceSize) {
+      throw new SparseDdError(
+        ExitCode.Source,
+        `-src-vhd ${vhdPath} describes a disk of ${chain.size} bytes, but ${device} has ` +
+          `${deviceSize}: not the VHD behind this device`,
+      );
+    }
+    return chain.allocation();
+  } finally {
+    chain.close();
+  }
 }
