@@ -34,21 +34,31 @@ export type OpStateName = "starting" | "running" | "success" | "failed" | "cance
 
 /** What `status` reports (as JSON). */
 export interface OpState {
+  /** The operation id (a UUID, also its directory name). */
   id: string;
+  /** Where it is. */
   state: OpStateName;
   /** 0..100, from sparse_dd's progress records. */
   percent: number;
+  /** The request: source. */
   src: string;
+  /** The request: destination. */
   dest: string;
+  /** The request: bytes to copy (null: the source's size). */
   size: number | null;
+  /** The request: base disk. */
   base: string | null;
+  /** The request: destination known to be zero. */
   prezeroed: boolean;
-  /** ISO times. */
+  /** When `start` created it (ISO time). */
   created: string;
+  /** When the state was last written (ISO time). */
   updated: string;
+  /** When it ended (ISO time), null while it runs. */
   finished: string | null;
-  /** The worker process, and the sparse_dd process it runs. */
+  /** The worker process. */
   pid: number | null;
+  /** The sparse_dd process the worker runs. */
   childPid: number | null;
   /** sparse_dd's stats (on success). */
   stats: unknown;
@@ -89,7 +99,16 @@ export async function processAlive(pid: number | null, marker: string): Promise<
   }
 }
 
-/** Writes `text` to `path` atomically: a temporary file, then rename. */
+/**
+ * Writes `text` to `path` atomically: a temporary file, then rename, so a reader sees the old
+ * or the new content, never a mix.
+ *
+ * @example
+ * ```ts
+ * import { writeAtomic } from "./ops.ts";
+ * await writeAtomic("/tmp/state.json", "{}\n");
+ * ```
+ */
 export async function writeAtomic(path: string, text: string, mode = 0o600): Promise<void> {
   const tmp = `${path}.tmp-${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
   await Deno.writeTextFile(tmp, text, { mode });
@@ -112,7 +131,13 @@ export async function writeAtomic(path: string, text: string, mode = 0o600): Pro
  * ```
  */
 export class OpStore {
-  constructor(readonly dir: string) {}
+  /** The state directory (created on first use, mode 0700). */
+  readonly dir: string;
+
+  /** Uses `dir` as the state directory. */
+  constructor(dir: string) {
+    this.dir = dir;
+  }
 
   /** The directory of operation `id`. */
   opDir(id: string): string {

@@ -58,8 +58,16 @@ export const ErrorCode = {
  * ```
  */
 export class PluginFailure extends Error {
-  constructor(readonly code: string, readonly params: string[]) {
+  /** `ErrorDescription[0]`. */
+  readonly code: string;
+  /** The rest of `ErrorDescription`. */
+  readonly params: string[];
+
+  /** A failure `[code, ...params]`. */
+  constructor(code: string, params: string[]) {
     super(`${code} [${params.join(", ")}]`);
+    this.code = code;
+    this.params = params;
     this.name = "PluginFailure";
   }
 }

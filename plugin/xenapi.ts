@@ -39,8 +39,13 @@ export const DEFAULT_XAPI_SOCKET = "/var/lib/xcp/xapi";
  * ```
  */
 export class XenApiError extends Error {
-  constructor(readonly description: string[]) {
+  /** xapi's `ErrorDescription`. */
+  readonly description: string[];
+
+  /** A failure with xapi's `ErrorDescription`. */
+  constructor(description: string[]) {
     super(description.join(" "));
+    this.description = description;
     this.name = "XenApiError";
   }
 
@@ -201,13 +206,24 @@ export class TaskProgress {
   #running: Promise<void> | undefined;
   #warned = new Set<string>();
 
+  /** xapi's unix socket. */
+  readonly socketPath: string;
+  /** The task to report on. */
+  readonly task: string;
+  /** Where failures are reported (once per distinct message). */
+  readonly log: (line: string) => void;
+
+  /** Reports on `task` through `socketPath`, as `session` (the caller's). */
   constructor(
-    readonly socketPath: string,
+    socketPath: string,
     session: string,
-    readonly task: string,
-    readonly log: (line: string) => void = () => {},
+    task: string,
+    log: (line: string) => void = () => {},
   ) {
+    this.socketPath = socketPath;
     this.#session = session;
+    this.task = task;
+    this.log = log;
   }
 
   /** Queues `fraction` (0..1); values that do not rise are dropped. */

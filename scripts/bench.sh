@@ -41,7 +41,7 @@ if [ "$QUICK" = 1 ]; then
   SCALE=8
   RUNS=${BENCH_RUNS:-3}
 fi
-OUT=${BENCH_OUT:-$([ "$QUICK" = 1 ] && echo BENCHMARKS.quick.md || echo BENCHMARKS.md)}
+OUT=${BENCH_OUT:-$ROOT/$([ "$QUICK" = 1 ] && echo BENCHMARKS.quick.md || echo BENCHMARKS.md)}
 MiB=$((1024 * 1024))
 GiB=$((1024 * MiB))
 SD=${SPARSE_DD:-"$DENO run -A --quiet --no-lock $ROOT/main.ts"}
@@ -67,6 +67,11 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# human BYTES: "4 GiB" or "512 MiB".
+human() {
+  if (($1 >= GiB && $1 % GiB == 0)); then echo "$(($1 / GiB)) GiB"; else echo "$(($1 / MiB)) MiB"; fi
+}
 
 log() { printf '%s %s\n' "$(date +%T)" "$*" >&2; }
 
@@ -146,7 +151,7 @@ if bench_want S1; then
   S1=$W/s1.raw
   log "making S1: $((S1_SIZE / MiB)) MiB sparse, 10% of 2 MiB blocks random"
   data sparse "$S1" "$S1_SIZE" $((2 * MiB)) 0.10 1
-  scenario S1 "$((S1_SIZE / GiB)) GiB sparse raw (10% of 2 MiB blocks data) → new file" "$S1" "$D" "$S1_SIZE"
+  scenario S1 "$(human $S1_SIZE) sparse raw (10% of 2 MiB blocks data) → new file" "$S1" "$D" "$S1_SIZE"
   prep "rm -f $D"
   ours "sparse_dd" "$SD -src $S1 -dest $D -size $S1_SIZE"
   ours "sparse_dd -unbuffered true" "$SD -src $S1 -dest $D -size $S1_SIZE -unbuffered true"
@@ -173,7 +178,7 @@ if bench_want S2b || bench_want S4; then
   data fill "$NZ" "$S2_SIZE" 255
 fi
 if bench_want S2a; then
-  scenario S2a "$((S2_SIZE / GiB)) GiB dense raw, 70% zero 64 KiB regions → new file" "$S2_SRC" "$D" "$S2_SIZE"
+  scenario S2a "$(human $S2_SIZE) dense raw, 70% zero 64 KiB regions → new file" "$S2_SRC" "$D" "$S2_SIZE"
   prep "rm -f $D"
   ours "sparse_dd" "$SD -src $S2_SRC -dest $D -size $S2_SIZE"
   ours "sparse_dd -unbuffered true" "$SD -src $S2_SRC -dest $D -size $S2_SIZE -unbuffered true"
@@ -188,7 +193,7 @@ if bench_want S2a; then
   rm -f "$D"
 fi
 if bench_want S2b; then
-  scenario S2b "$((S2_SIZE / GiB)) GiB dense raw, 70% zero 64 KiB regions → existing non-zero file (not prezeroed)" "$S2_SRC" "$D" "$S2_SIZE"
+  scenario S2b "$(human $S2_SIZE) dense raw, 70% zero 64 KiB regions → existing non-zero file (not prezeroed)" "$S2_SRC" "$D" "$S2_SIZE"
   # Every run starts from a file full of 0xFF: the zeroes must land.
   prep "cp $NZ $D"
   ours "sparse_dd" "$SD -src $S2_SRC -dest $D -size $S2_SIZE"
@@ -221,7 +226,7 @@ if bench_want S3; then
   done
   qemu-io -f vpc "${args[@]}" "$S3"
   qemu-img convert -f vpc -O raw "$S3" "$S3_REF"
-  scenario S3 "$((S3_SIZE / GiB)) GiB dynamic VHD (10% of blocks written) → raw new file" "$S3_REF" "$D" "$S3_SIZE"
+  scenario S3 "$(human $S3_SIZE) dynamic VHD (10% of blocks written) → raw new file" "$S3_REF" "$D" "$S3_SIZE"
   prep "rm -f $D"
   ours "sparse_dd" "$SD -src $S3 -dest $D -size $S3_SIZE"
   ours "sparse_dd -unbuffered true" "$SD -src $S3 -dest $D -size $S3_SIZE -unbuffered true"
@@ -243,7 +248,7 @@ if bench_want S4; then
   LB=$(losetup -f --show "$B")
   on_exit "losetup -d $LB"
   log "S4: $LA (ro, over the S2 source) → $LB (over a file of 0xFF)"
-  scenario S4 "$((S2_SIZE / GiB)) GiB loop device → loop device holding 0xFF (not prezeroed)" "$S2_SRC" "$LB" "$S2_SIZE" "$B"
+  scenario S4 "$(human $S2_SIZE) loop device → loop device holding 0xFF (not prezeroed)" "$S2_SRC" "$LB" "$S2_SIZE" "$B"
   prep "dd if=$NZ of=$LB bs=4M oflag=direct status=none"
   ours "sparse_dd" "$SD -src $LA -dest $LB -size $S2_SIZE"
   ours "sparse_dd -unbuffered true" "$SD -src $LA -dest $LB -size $S2_SIZE -unbuffered true"
@@ -267,7 +272,7 @@ if bench_want BIG; then
   BIG=$W/big.raw
   log "making BIG: $((BIG_SIZE / GiB)) GiB sparse, 0.5% of 2 MiB blocks random"
   data sparse "$BIG" "$BIG_SIZE" $((2 * MiB)) 0.005 4
-  scenario BIG "$((BIG_SIZE / GiB)) GiB sparse raw (0.5% of 2 MiB blocks data) → new file: peak RSS" "$BIG" "$D" "$BIG_SIZE"
+  scenario BIG "$(human $BIG_SIZE) sparse raw (0.5% of 2 MiB blocks data) → new file: peak RSS" "$BIG" "$D" "$BIG_SIZE"
   prep "rm -f $D"
   ours "sparse_dd" "$SD -src $BIG -dest $D -size $BIG_SIZE"
   peer "cp --sparse=always" "cp --sparse=always $BIG $D"
@@ -292,5 +297,5 @@ fi
   echo "coreutils=$(cp --version | head -1)"
   echo "command=${BENCH_CMDLINE:-$( [ "$QUICK" = 1 ] && echo 'BENCH_QUICK=1 ')deno task bench}"
 } >"$WORK/meta.txt"
-"$DENO" run --allow-read --allow-write --no-lock "$ROOT/scripts/bench_report.ts" "$WORK" "$ROOT/$OUT"
+"$DENO" run --allow-read --allow-write --no-lock "$ROOT/scripts/bench_report.ts" "$WORK" "$OUT"
 log "wrote $OUT"

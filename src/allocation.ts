@@ -9,11 +9,16 @@
 import type { Disk } from "./disk.ts";
 import type { ExtentSet } from "./extent.ts";
 import { FileDisk } from "./file.ts";
+import { NbdDisk } from "./nbd.ts";
 import {
   allocationFromDiscovery,
   type DiscoverySummary,
   type SourceDiscoveryOptions,
+  vhdBehindDevice,
 } from "./discovery_allocation.ts";
+import { resolveVhdBase } from "./base.ts";
+import type { VhdBackend } from "./libvhd.ts";
+import { deviceVhdAllocation, VhdDisk } from "./vhd_disk.ts";
 
 /** Where the allocation came from, and what else the user should know. */
 export interface AllocationResult {
@@ -36,6 +41,10 @@ export interface AllocationOptions {
    * (`discovery_allocation.ts`); absent: don't look.
    */
   discovery?: SourceDiscoveryOptions;
+  /** `-src-vhd`: the VHD behind a device source, given by the user (wins over discovery). */
+  srcVhd?: string;
+  /** `-vhd-backend`: who reads VHD metadata. */
+  vhdBackend?: VhdBackend;
 }
 
 /**
@@ -57,9 +66,18 @@ export async function resolveAllocation(
   options: AllocationOptions,
 ): Promise<AllocationResult> {
   if (options.ignore) return { route: "ignored", notes: [] };
+  if (options.srcVhd !== undefined) {
+    const extents = await deviceVhdAllocation(spec, src.size, options.srcVhd, {
+      backend: options.vhdBackend,
+    });
+    return { extents, route: "vhd", notes: [] };
+  }
   // A VHD (or raw file) behind the device first: devices cannot tell their own allocation.
   const found = options.discovery
-    ? await allocationFromDiscovery(spec, src, options.discovery)
+    ? await allocationFromDiscovery(spec, src, {
+      ...options.discovery,
+      vhdBackend: options.discovery.vhdBackend ?? options.vhdBackend,
+    })
     : undefined;
   if (found?.extents) {
     return {
@@ -73,7 +91,13 @@ export async function resolveAllocation(
   if (extents !== undefined) {
     return {
       extents: extents.clip(src.size),
-      route: src instanceof FileDisk ? "seek-data" : "disk",
+      route: src instanceof FileDisk
+        ? "seek-data"
+        : src instanceof VhdDisk
+        ? "vhd"
+        : src instanceof NbdDisk
+        ? "nbd-block-status"
+        : "disk",
       notes: found?.notes ?? [],
       discovery: found?.summary,
     };
@@ -98,12 +122,47 @@ export interface BaseResult {
  * Only VHD chains can tell which blocks differ; for anything else the base is not used and the
  * copy is a full one (with a warning), as xapi's sparse_dd does.
  */
-export function resolveBase(
+export async function resolveBase(
   base: string,
   _srcSpec: string,
-  _src: Disk,
+  src: Disk,
+  options: BaseOptions = {},
 ): Promise<BaseResult> {
-  return Promise.resolve({
-    notes: [`warning: -base ${base} is not a VHD chain sparse_dd can read: doing a full copy`],
+  let baseVhd = options.baseVhd;
+  const notes: string[] = [];
+  // A base device (xapi passes one): the VHD its tapdisk serves, unless -base-vhd names it.
+  if (baseVhd === undefined && options.discovery) {
+    const info = await Deno.stat(base).catch(() => undefined);
+    if (info?.isBlockDevice) {
+      const found = await vhdBehindDevice(base, options.discovery).catch((err) => ({
+        vhd: undefined,
+        reason: err instanceof Error ? err.message : String(err),
+      }));
+      if (found.vhd) baseVhd = found.vhd;
+      else notes.push(`no VHD found behind -base ${base}: ${found.reason}`);
+    }
+  }
+  const r = await resolveVhdBase({
+    base,
+    baseVhd,
+    source: src,
+    srcVhd: options.srcVhd,
+    size: options.size ?? src.size,
+    chain: { backend: options.vhdBackend, searchDirs: options.discovery?.searchDirs },
   });
+  return { unchanged: r.unchanged, notes: [...notes, ...r.notes] };
+}
+
+/** What the command line says about `-base` beyond the base itself. */
+export interface BaseOptions {
+  /** `-base-vhd`: the VHD behind the base device. */
+  baseVhd?: string;
+  /** The VHD behind a device source (`-src-vhd`, or the one discovery found). */
+  srcVhd?: string;
+  /** Bytes of the copy (default: the source's size). */
+  size?: number;
+  /** `-vhd-backend`. */
+  vhdBackend?: VhdBackend;
+  /** Look behind a block-device base for the VHD its tapdisk serves; absent: don't look. */
+  discovery?: SourceDiscoveryOptions;
 }

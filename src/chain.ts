@@ -36,7 +36,15 @@ export interface ChainFs {
   realPath(path: string): Promise<string>;
 }
 
-/** The real file system. */
+/**
+ * The real file system.
+ *
+ * @example
+ * ```ts ignore
+ * import { denoFs } from "./chain.ts";
+ * const file = await denoFs.open("disk.vhd");
+ * ```
+ */
 export const denoFs: ChainFs = {
   open: (path) => FileAccess.open(path),
   realPath: (path) => Deno.realPath(path),
@@ -103,6 +111,13 @@ export class VhdChain {
  *
  * @param path the leaf VHD
  * @param options backend, search directories, file system
+ * @example
+ * ```ts ignore
+ * import { openChain } from "./chain.ts";
+ * const chain = await openChain("/var/run/sr-mount/sr/leaf.vhd", { backend: "auto" });
+ * chain.layers.length; // leaf and every ancestor
+ * chain.close();
+ * ```
  */
 export async function openChain(path: string, options: ChainOptions = {}): Promise<VhdChain> {
   const fs = options.fs ?? denoFs;

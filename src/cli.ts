@@ -19,6 +19,7 @@ import {
 } from "./discovery_allocation.ts";
 import type { Disk } from "./disk.ts";
 import { openDestination, openSource } from "./open.ts";
+import { VHD_FLAGS, type VhdOptions, vhdOptionsFrom } from "./vhd_options.ts";
 import { isNbdUri } from "./nbd_protocol.ts";
 import {
   formatBytes,
@@ -71,6 +72,8 @@ export const FLAGS: Record<string, FlagSpec> = {
   "ignore-allocation": { kind: "boolean", help: "copy every byte even where allocation is known" },
   // -require-vhd, and where discovery looks (-tap-ctl, -sysfs-root, ...: tests, unusual hosts).
   ...DISCOVERY_FLAGS,
+  // -src-format, -src-vhd, -base-vhd, -vhd-backend (vhd_options.ts).
+  ...VHD_FLAGS,
   progress: {
     kind: "string",
     arg: "auto|bar|none",
@@ -98,7 +101,7 @@ export const FLAGS: Record<string, FlagSpec> = {
   "nbd-timeout": {
     kind: "string",
     arg: "SECONDS",
-    help: "seconds to wait for each NBD reply, 0 for ever (default 120; connecting: 30)",
+    help: "seconds to wait for the NBD handshake and each reply, 0 = no limit (default 30/120)",
   },
   "dest-proto": {
     kind: "string",
@@ -166,6 +169,8 @@ export interface Options {
   ignoreAllocation: boolean;
   /** Device discovery for the source (`discovery_allocation.ts`). */
   discovery: SourceDiscoveryOptions;
+  /** VHD source format, the VHDs behind devices, and the metadata backend (`vhd_options.ts`). */
+  vhd: VhdOptions;
   progress: "auto" | "bar" | "none";
   unbuffered?: boolean;
   nice?: number;
@@ -346,7 +351,8 @@ export async function parse(argv: string[]): Promise<ParseResult> {
   // -dest-proto: xapi's NBD destinations arrive through an HTTP upgrade (not supported here);
   // a bare host:port is not accepted either: NBD destinations are always URIs.
   const destProto = str("dest-proto");
-  if (destProto !== undefined) {
+  // http(s) destinations (with or without -dest-proto) get open.ts's own refusal.
+  if (destProto !== undefined && !/^https?:\/\//i.test(str("dest")!)) {
     const nbdDest = isNbdUri(str("dest")!);
     if (destProto === "nbd" && !nbdDest) {
       throw new SparseDdError(
@@ -405,6 +411,7 @@ export async function parse(argv: string[]): Promise<ParseResult> {
       quantum,
       ignoreAllocation: values["ignore-allocation"] === true,
       discovery: discoveryOptionsFrom(values),
+      vhd: vhdOptionsFrom(values),
       progress,
       unbuffered: str("unbuffered") === undefined
         ? undefined
@@ -545,6 +552,8 @@ export async function runCopy(o: Options, signal?: AbortSignal): Promise<Report>
     unbuffered: o.unbuffered,
     nbdExport: o.nbdExport,
     nbdTimeoutMs: o.nbdTimeoutMs,
+    srcFormat: o.vhd.srcFormat,
+    vhdBackend: o.vhd.backend,
   };
   if (o.nbdExport !== undefined && !isNbdUri(o.dest)) {
     note(`note: -nbd-export ${o.nbdExport} ignored: the destination is not an NBD URI`);
@@ -566,11 +575,20 @@ export async function runCopy(o: Options, signal?: AbortSignal): Promise<Report>
     const alloc = await resolveAllocation(o.src, src, {
       ignore: o.ignoreAllocation,
       discovery: o.discovery,
+      srcVhd: o.vhd.srcVhd,
+      vhdBackend: o.vhd.backend,
     });
     const notes = [...alloc.notes];
     let unchanged;
-    if (o.base) {
-      const b = await resolveBase(o.base, o.src, src);
+    const base = o.base ?? o.vhd.baseVhd;
+    if (base) {
+      const b = await resolveBase(base, o.src, src, {
+        baseVhd: o.vhd.baseVhd,
+        srcVhd: o.vhd.srcVhd ?? alloc.discovery?.vhd ?? undefined,
+        size,
+        vhdBackend: o.vhd.backend,
+        discovery: o.discovery,
+      });
       notes.push(...b.notes);
       unchanged = b.unchanged;
     }
@@ -608,7 +626,7 @@ export async function runCopy(o: Options, signal?: AbortSignal): Promise<Report>
       src: o.src,
       dest: o.dest,
       prezeroed,
-      base: o.base ?? null,
+      base: o.base ?? o.vhd.baseVhd ?? null,
       allocation: alloc.route,
       allocatedExtents: alloc.extents?.count ?? null,
       discovery: alloc.discovery ?? null,

@@ -7,9 +7,10 @@
  */
 
 import { asDiskError, type Disk, type DiskOp } from "./disk.ts";
-import type { ExtentSet } from "./extent.ts";
+import { ExtentSet } from "./extent.ts";
 import { type Plan, planCopy, planSteps, planWork, type Step } from "./plan.ts";
 import { DEFAULT_QUANTUM, nonZeroRuns } from "./quantum.ts";
+import { scanBuffer } from "./zeroscan.ts";
 
 /** Options of {@linkcode copy}. */
 export interface CopyOptions {
@@ -25,8 +26,10 @@ export interface CopyOptions {
   quantum?: number;
   /** Largest read or write in bytes (default 2 MiB). */
   chunkSize?: number;
-  /** How many reads may be in flight ahead of the write (default 2). */
+  /** How many reads may be in flight ahead of the write (default 4). */
   readAhead?: number;
+  /** How many steps may be being written at once (default 4). */
+  writeBehind?: number;
   /** Called after each step with the work done and the total work, in bytes. */
   onProgress?: (done: number, total: number) => void;
   /** Stops the copy between steps. */
@@ -104,6 +107,17 @@ export async function copy(src: Disk, dst: Disk, options: CopyOptions): Promise<
   return await executePlan(src, dst, plan, options);
 }
 
+/**
+ * A destination that can say zeroing it wholesale is cheap (`FileDisk.zeroIsCheap`: hole punching
+ * on a file, offloaded BLKZEROOUT on a device; an NBD disk whose server zeroes fast may say so too).
+ * The copier then overwrites such a destination by zeroing `[0, size)` in one call and writing
+ * only the non-zero quanta, instead of writing every byte.
+ */
+export interface CheapZeroDisk extends Disk {
+  /** True when one `zero(0, size)` costs far less than writing `size` bytes. */
+  readonly zeroIsCheap?: boolean;
+}
+
 /** Executes an existing plan (see {@linkcode copy}). */
 export async function executePlan(
   src: Disk,
@@ -114,7 +128,8 @@ export async function executePlan(
   const started = performance.now();
   const quantum = options.quantum ?? DEFAULT_QUANTUM;
   const chunk = options.chunkSize ?? 2 * MiB;
-  const depth = Math.max(1, options.readAhead ?? 2);
+  const depth = Math.max(1, options.readAhead ?? 4);
+  const writeDepth = Math.max(1, options.writeBehind ?? 4);
   // Checked before anything is written: no write may land outside either disk.
   if (plan.size > src.size) {
     throw fail(
@@ -160,37 +175,63 @@ export async function executePlan(
     stats.writes++;
     stats.bytesWritten += buf.length;
   };
-  const zeroBuffer = dst.zero ? undefined : new Uint8Array(chunk);
+  const zeroRange = async (start: number, length: number) => {
+    try {
+      await dst.zero!(start, length);
+    } catch (err) {
+      throw fail(err, dst, "destination", "zero", start);
+    }
+    stats.zeroCalls++;
+  };
+  let zeroBuffer: Uint8Array | undefined;
   const makeZero = async (step: Step) => {
     if (dst.zero) {
-      try {
-        await dst.zero(step.start, step.length);
-      } catch (err) {
-        throw fail(err, dst, "destination", "zero", step.start);
-      }
-      stats.zeroCalls++;
+      await zeroRange(step.start, step.length);
     } else {
-      for (let off = step.start; off < step.start + step.length; off += chunk) {
-        const n = Math.min(chunk, step.start + step.length - off);
-        await write(off, zeroBuffer!.subarray(0, n));
+      zeroBuffer ??= new Uint8Array(Math.min(chunk, step.length));
+      for (let off = step.start; off < step.start + step.length; off += zeroBuffer.length) {
+        const n = Math.min(zeroBuffer.length, step.start + step.length - off);
+        await write(off, zeroBuffer.subarray(0, n));
       }
     }
     stats.zeroedBytes += step.length;
   };
 
-  // Buffers cycle through a small pool: one being written, `depth` being read.
+  let done = 0;
+  options.onProgress?.(0, total);
+
+  // Overwriting a destination that zeroes cheaply: zero it all at once, then copy as onto a
+  // prezeroed one (holes skipped, zero quanta in the data skipped). One call instead of writing
+  // every zero byte, and a file destination stays as sparse as its data.
+  let run = plan;
+  let preZeroed = false;
+  if (
+    !plan.scan && plan.unchanged.isEmpty && plan.size > 0 && dst.zero &&
+    (dst as CheapZeroDisk).zeroIsCheap === true
+  ) {
+    if (options.signal?.aborted) throw new CopyAborted(0, options.signal.reason);
+    await zeroRange(0, plan.size);
+    preZeroed = true;
+    run = { ...plan, scan: true, zero: ExtentSet.empty(), skip: plan.zero.union(plan.skip) };
+    done += plan.zero.bytes;
+    options.onProgress?.(done, total);
+  }
+
+  // Buffers live in WebAssembly memory (page aligned: fit for O_DIRECT, scanned in place by
+  // SIMD) and cycle through a pool: `depth` being read, up to `writeDepth` being written.
   const pool: Uint8Array[] = [];
-  const take = () => pool.pop() ?? new Uint8Array(chunk);
+  const take = () => pool.pop() ?? scanBuffer(chunk);
   interface Pending {
     step: Step;
     buf?: Uint8Array;
     read?: Promise<void>;
   }
   const queue: Pending[] = [];
-  const steps = planSteps(plan, chunk, Math.max(chunk, 64 * MiB));
+  let readsInFlight = 0;
+  const steps = planSteps(run, chunk, Math.max(chunk, 64 * MiB));
   let exhausted = false;
   const refill = () => {
-    while (!exhausted && queue.length < depth + 16 && queue.filter((p) => p.read).length < depth) {
+    while (!exhausted && queue.length < depth + 16 && readsInFlight < depth) {
       const next = steps.next();
       if (next.done) {
         exhausted = true;
@@ -200,9 +241,16 @@ export async function executePlan(
       if (step.kind === "data") {
         const buf = take();
         const view = buf.subarray(0, step.length);
-        const read = src.read(step.start, view).catch((err) => {
-          throw fail(err, src, "source", "read", step.start);
-        });
+        readsInFlight++;
+        const read = src.read(step.start, view).then(
+          () => {
+            readsInFlight--;
+          },
+          (err) => {
+            readsInFlight--;
+            throw fail(err, src, "source", "read", step.start);
+          },
+        );
         // Avoid an unhandled rejection while earlier steps are still being written.
         read.catch(() => {});
         queue.push({ step, buf, read });
@@ -212,43 +260,75 @@ export async function executePlan(
     }
   };
 
-  let done = 0;
-  options.onProgress?.(0, total);
+  // Writes in flight, oldest first; each settles after its step is fully written and counted.
+  const writing: Promise<void>[] = [];
+  const finish = (step: Step) => {
+    done += step.length;
+    options.onProgress?.(done, total);
+  };
   try {
     refill();
     while (queue.length > 0) {
-      const item = queue.shift()!;
+      const item = queue[0];
       if (options.signal?.aborted) throw new CopyAborted(item.step.start, options.signal.reason);
+      queue.shift();
+      const { step } = item;
+      let work: Promise<void>;
       if (item.read) {
         await item.read;
-        const { step } = item;
-        const view = item.buf!.subarray(0, step.length);
+        // Checked again after the wait: the step may not start writing once stopped.
+        if (options.signal?.aborted) {
+          queue.unshift(item);
+          throw new CopyAborted(step.start, options.signal.reason);
+        }
+        const buf = item.buf!;
+        const view = buf.subarray(0, step.length);
         stats.reads++;
         stats.bytesRead += step.length;
         refill();
-        if (plan.scan) {
+        if (run.scan) {
+          const runs = nonZeroRuns(view, quantum, step.start);
           let covered = 0;
-          for (const run of nonZeroRuns(view, quantum, step.start)) {
-            await write(step.start + run.start, view.subarray(run.start, run.start + run.length));
-            covered += run.length;
-          }
+          for (const r of runs) covered += r.length;
           stats.dataBytes += covered;
           stats.skippedBytes += step.length - covered;
+          work = runs.length === 1
+            ? write(
+              step.start + runs[0].start,
+              view.subarray(runs[0].start, runs[0].start + runs[0].length),
+            )
+            : Promise.all(
+              runs.map((r) =>
+                write(step.start + r.start, view.subarray(r.start, r.start + r.length))
+              ),
+            ).then(() => {});
         } else {
-          await write(step.start, view);
           stats.dataBytes += step.length;
+          work = write(step.start, view);
         }
-        pool.push(item.buf!);
+        work = work.then(() => {
+          pool.push(buf);
+          finish(step);
+        });
       } else {
         refill();
-        await makeZero(item.step);
+        work = makeZero(step).then(() => finish(step));
       }
-      done += item.step.length;
-      options.onProgress?.(done, total);
+      work.catch(() => {});
+      writing.push(work);
+      // Keep at most `writeDepth` steps being written; the oldest must finish first.
+      while (writing.length >= writeDepth) await writing.shift();
+      refill();
     }
+    while (writing.length > 0) await writing.shift();
   } finally {
-    // Let reads still in flight settle before the caller closes the disks.
-    await Promise.allSettled(queue.map((p) => p.read));
+    // Let reads and writes still in flight settle before the caller closes the disks.
+    await Promise.allSettled([...queue.map((p) => p.read), ...writing]);
+  }
+  if (preZeroed) {
+    // Everything not written as data was made zero by the first call.
+    stats.zeroedBytes += stats.skippedBytes - plan.skip.bytes;
+    stats.skippedBytes = plan.skip.bytes;
   }
   stats.seconds = (performance.now() - started) / 1000;
   stats.throughput = stats.seconds > 0 ? plan.size / stats.seconds : 0;

@@ -460,7 +460,7 @@ async function viaBlkfront(ctx: Context, major: number, minor: number): Promise<
  * the result then has route `none` and a `reason`.
  *
  * @example
- * ```ts
+ * ```ts ignore
  * import { discover } from "./discovery.ts";
  * const d = await discover("/dev/sm/backend/SR/VDI");
  * if (d.image?.kind === "vhd") console.error(`auto-detect src vhd: ${d.image.path}`);

@@ -17,6 +17,7 @@ import type { Disk } from "./disk.ts";
 import { ExitCode, SparseDdError } from "./errors.ts";
 import { ExtentSet } from "./extent.ts";
 import { seekDataExtents } from "./file.ts";
+import type { VhdBackend } from "./libvhd.ts";
 
 /** How discovery runs for one copy. */
 export interface SourceDiscoveryOptions extends DiscoveryOptions {
@@ -24,6 +25,8 @@ export interface SourceDiscoveryOptions extends DiscoveryOptions {
   requireVhd?: boolean;
   /** Directories where VHD parents are also looked for by basename (xapi: `/dev/mapper`). */
   searchDirs?: readonly string[];
+  /** `-vhd-backend`: who reads the discovered VHD's metadata. */
+  vhdBackend?: VhdBackend;
 }
 
 /** What discovery found, as recorded in the stats. */
@@ -151,7 +154,7 @@ async function vhdAllocation(
 ): Promise<{ extents?: ExtentSet; reason?: string }> {
   let chain;
   try {
-    chain = await openChain(path, { searchDirs: options.searchDirs });
+    chain = await openChain(path, { searchDirs: options.searchDirs, backend: options.vhdBackend });
   } catch (err) {
     return { reason: `cannot read VHD ${path}: ${why(err)}` };
   }
@@ -269,4 +272,26 @@ export async function allocationFromDiscovery(
   }
   summary.reason = null;
   return { extents: found.extents, route: vhd ? "vhd" : "raw-seek-data", notes, summary };
+}
+
+/**
+ * The VHD a tapdisk serves behind `device` (for `-base` devices, say), or `undefined` with the
+ * reason. Only the path: the caller opens and checks the chain.
+ *
+ * @example
+ * ```ts ignore
+ * import { vhdBehindDevice } from "./discovery_allocation.ts";
+ * const { vhd, reason } = await vhdBehindDevice("/dev/sm/backend/SR/BASE", {});
+ * ```
+ */
+export async function vhdBehindDevice(
+  device: string,
+  options: DiscoveryOptions,
+): Promise<{ vhd?: string; reason?: string; route: string }> {
+  const d = await discover(device, options);
+  if (d.image?.kind === "vhd") return { vhd: d.image.path, route: d.route };
+  return {
+    reason: d.reason ?? `${device} is served by a tapdisk ${d.image?.driver} image, not a VHD`,
+    route: d.route,
+  };
 }

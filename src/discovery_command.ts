@@ -120,7 +120,7 @@ async function drain(
  * not thrown, so callers can word their own message from stderr.
  *
  * @example
- * ```ts
+ * ```ts ignore
  * import { runCommand, toolEnv } from "./discovery_command.ts";
  * const out = await runCommand("tap-ctl", ["list"], { timeoutMs: 10_000, env: toolEnv() });
  * if (out.code === 0) console.log(out.stdout);

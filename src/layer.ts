@@ -76,6 +76,7 @@ export class FileAccess implements RandomAccess {
       throw new VhdError(path, undefined, errorText(err), { cause: err });
     }
     try {
+      if ((await file.stat()).isDirectory) throw new Error("is a directory");
       const size = await file.seek(0, Deno.SeekMode.End);
       return new FileAccess(path, file, size);
     } catch (err) {
@@ -268,14 +269,29 @@ export async function readMetadata(file: RandomAccess): Promise<LayerMetadata> {
   return { footer, footerOffset, header, layout, bat };
 }
 
-/** Where block data must end: before the trailing footer, or the file's end if it has none. */
+/**
+ * Where block data must end: before the trailing footer, or the file's end if it has none.
+ *
+ * @example
+ * ```ts
+ * import { dataEnd } from "./layer.ts";
+ * dataEnd(10240, 9728); // 9728: blocks end where the footer starts
+ * dataEnd(10240, 0);    // 10240: only the copy at offset 0 was usable
+ * ```
+ */
 export function dataEnd(fileSize: number, footerOffset: number): number {
   return footerOffset === 0 ? fileSize : footerOffset;
 }
 
 /**
  * Checks metadata obtained elsewhere (libvhd) with the same rules the TypeScript reader applies,
- * so both backends refuse the same broken files.
+ * so both backends refuse the same broken files. Trims the BAT to the entries the size uses.
+ *
+ * @example
+ * ```ts ignore
+ * import { validateMetadata } from "./layer.ts";
+ * validateMetadata(metaFromLibvhd, file.size, file.name); // throws VhdError when broken
+ * ```
  */
 export function validateMetadata(meta: LayerMetadata, fileSize: number, name: string): void {
   if (meta.header === undefined || meta.bat === undefined) return;

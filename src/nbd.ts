@@ -110,6 +110,8 @@ const DEFAULT_REQUEST_TIMEOUT = 120_000;
 const DEFAULT_IN_FLIGHT = 16;
 /** Writes up to this size are sent as one buffer with their header (one syscall). */
 const COALESCE_LIMIT = 256 * 1024;
+/** Largest payload accepted for a chunk that is not data (block status, errors). */
+const MAX_META_PAYLOAD = 64 * 1024 * 1024;
 /** Largest fallback zero-buffer write when the server lacks WRITE_ZEROES. */
 const ZERO_BUFFER = 4 * 1024 * 1024;
 
@@ -621,6 +623,11 @@ export class NbdDisk implements Disk {
         );
       }
     };
+    // Payloads other than data are small; a huge length is a broken server, not a reason to
+    // allocate gigabytes.
+    if (type !== ChunkType.OffsetData && length > MAX_META_PAYLOAD) {
+      throw new NbdProtocolError(`chunk of type ${type} with a ${length}-byte payload`);
+    }
     switch (type) {
       case ChunkType.None:
         if (length !== 0) throw new NbdProtocolError("NBD_REPLY_TYPE_NONE with a payload");

@@ -449,7 +449,15 @@ export function encodeGoData(exportName: string, infos: readonly number[]): Uint
   return b;
 }
 
-/** Decodes the data of `NBD_OPT_GO` (for tests that play the server). See {@linkcode encodeGoData}. */
+/**
+ * Decodes the data of `NBD_OPT_GO` (for tests that play the server).
+ *
+ * @example
+ * ```ts
+ * import { decodeGoData, encodeGoData } from "./nbd_protocol.ts";
+ * decodeGoData(encodeGoData("", [])); // { exportName: "", infos: [] }
+ * ```
+ */
 export function decodeGoData(b: Uint8Array): { exportName: string; infos: number[] } {
   need(b, 6, "NBD_OPT_GO data");
   const v = view(b);
@@ -493,7 +501,15 @@ export function encodeMetaContextData(exportName: string, queries: readonly stri
   return concat(parts);
 }
 
-/** Decodes meta context option data (for tests). See {@linkcode encodeMetaContextData}. */
+/**
+ * Decodes meta context option data (for tests that play the server).
+ *
+ * @example
+ * ```ts
+ * import { decodeMetaContextData, encodeMetaContextData } from "./nbd_protocol.ts";
+ * decodeMetaContextData(encodeMetaContextData("x", [])).exportName; // "x"
+ * ```
+ */
 export function decodeMetaContextData(b: Uint8Array): { exportName: string; queries: string[] } {
   const v = view(b);
   let at = 0;
@@ -574,7 +590,15 @@ export function decodeOptionReplyHeader(b: Uint8Array, expectOption?: number): O
   return { option, type: v.getUint32(12), length: v.getUint32(16) };
 }
 
-/** True for an `NBD_REP_ERR_*` reply type. */
+/**
+ * True for an `NBD_REP_ERR_*` reply type.
+ *
+ * @example
+ * ```ts
+ * import { isOptionError, RepErr } from "./nbd_protocol.ts";
+ * isOptionError(RepErr.Unsup); // true
+ * ```
+ */
 export function isOptionError(type: number): boolean {
   return type >= REP_ERR;
 }
@@ -726,7 +750,15 @@ export function encodeMetaContextReply(id: number, name: string): Uint8Array {
   return b;
 }
 
-/** Decodes an `NBD_REP_META_CONTEXT` payload. See {@linkcode encodeMetaContextReply}. */
+/**
+ * Decodes an `NBD_REP_META_CONTEXT` payload.
+ *
+ * @example
+ * ```ts
+ * import { decodeMetaContextReply, encodeMetaContextReply } from "./nbd_protocol.ts";
+ * decodeMetaContextReply(encodeMetaContextReply(2, "base:allocation")).id; // 2
+ * ```
+ */
 export function decodeMetaContextReply(b: Uint8Array): { id: number; name: string } {
   need(b, 4, "NBD_REP_META_CONTEXT");
   return { id: view(b).getUint32(0), name: decodeString(b.subarray(4), "context name") };
@@ -803,7 +835,16 @@ export function encodeRequest(r: Request): Uint8Array {
   return b;
 }
 
-/** Decodes a request header (for tests that play the server). See {@linkcode encodeRequest}. */
+/**
+ * Decodes a request header (for tests that play the server).
+ *
+ * @example
+ * ```ts
+ * import { Cmd, decodeRequest, encodeRequest } from "./nbd_protocol.ts";
+ * decodeRequest(encodeRequest({ flags: 0, type: Cmd.Disc, cookie: 1, offset: 0, length: 0 })).type;
+ * // 2
+ * ```
+ */
 export function decodeRequest(b: Uint8Array): Request {
   need(b, REQUEST_HEADER_SIZE, "request");
   const v = view(b);
@@ -882,7 +923,15 @@ export function decodeReplyHeader(b: Uint8Array): SimpleReply | ChunkHeader {
   };
 }
 
-/** Encodes a simple reply header (for tests that play the server). */
+/**
+ * Encodes a simple reply header (for tests that play the server).
+ *
+ * @example
+ * ```ts
+ * import { encodeSimpleReply } from "./nbd_protocol.ts";
+ * encodeSimpleReply(0, 1).length; // 16
+ * ```
+ */
 export function encodeSimpleReply(error: number, cookie: number): Uint8Array {
   const b = new Uint8Array(SIMPLE_REPLY_SIZE);
   const v = view(b);
@@ -937,6 +986,12 @@ export function encodeOffsetData(offset: number, data: Uint8Array): Uint8Array {
 /**
  * The offset at the start of an `OFFSET_DATA` payload. The client reads only these 8 bytes and
  * then lets the data land straight in the caller's buffer.
+ *
+ * @example
+ * ```ts
+ * import { decodeDataOffset, encodeOffsetData } from "./nbd_protocol.ts";
+ * decodeDataOffset(encodeOffsetData(4096, new Uint8Array(1))); // 4096
+ * ```
  */
 export function decodeDataOffset(b: Uint8Array): number {
   need(b, 8, "NBD_REPLY_TYPE_OFFSET_DATA");
@@ -960,7 +1015,15 @@ export function encodeOffsetHole(offset: number, length: number): Uint8Array {
   return b;
 }
 
-/** Decodes an `OFFSET_HOLE` payload. See {@linkcode encodeOffsetHole}. */
+/**
+ * Decodes an `OFFSET_HOLE` payload.
+ *
+ * @example
+ * ```ts
+ * import { decodeOffsetHole, encodeOffsetHole } from "./nbd_protocol.ts";
+ * decodeOffsetHole(encodeOffsetHole(512, 512)).offset; // 512
+ * ```
+ */
 export function decodeOffsetHole(b: Uint8Array): { offset: number; length: number } {
   if (b.length !== 12) throw new NbdProtocolError("NBD_REPLY_TYPE_OFFSET_HOLE has a bad length");
   const v = view(b);
@@ -1001,7 +1064,15 @@ export function encodeBlockStatus(
   return b;
 }
 
-/** Decodes a `BLOCK_STATUS` payload. See {@linkcode encodeBlockStatus}. */
+/**
+ * Decodes a `BLOCK_STATUS` payload.
+ *
+ * @example
+ * ```ts
+ * import { decodeBlockStatus, encodeBlockStatus } from "./nbd_protocol.ts";
+ * decodeBlockStatus(encodeBlockStatus(1, [{ length: 512, flags: 0 }])).descriptors.length; // 1
+ * ```
+ */
 export function decodeBlockStatus(
   b: Uint8Array,
 ): { contextId: number; descriptors: BlockDescriptor[] } {
@@ -1047,7 +1118,15 @@ export function encodeErrorChunk(e: ErrorChunk): Uint8Array {
   return b;
 }
 
-/** The chunk type an {@linkcode ErrorChunk} is sent as. */
+/**
+ * The chunk type an {@linkcode ErrorChunk} is sent as.
+ *
+ * @example
+ * ```ts
+ * import { ChunkType, errorChunkType } from "./nbd_protocol.ts";
+ * errorChunkType({ error: 5, message: "", offset: 0 }) === ChunkType.ErrorOffset; // true
+ * ```
+ */
 export function errorChunkType(e: ErrorChunk): number {
   return e.offset === undefined ? ChunkType.Error : ChunkType.ErrorOffset;
 }
@@ -1055,6 +1134,12 @@ export function errorChunkType(e: ErrorChunk): number {
 /**
  * Decodes an error chunk payload; `ERROR_OFFSET` is told by the trailing 8 bytes. Messages that
  * are not valid UTF-8 are replaced rather than refused: the error matters more than its text.
+ *
+ * @example
+ * ```ts
+ * import { decodeErrorChunk, encodeErrorChunk } from "./nbd_protocol.ts";
+ * decodeErrorChunk(encodeErrorChunk({ error: 28, message: "full" })).message; // "full"
+ * ```
  */
 export function decodeErrorChunk(b: Uint8Array, type?: number): ErrorChunk {
   need(b, 6, "error chunk");
@@ -1077,7 +1162,15 @@ export function decodeErrorChunk(b: Uint8Array, type?: number): ErrorChunk {
   };
 }
 
-/** True for the chunk types that report an error (bit 15 set). */
+/**
+ * True for the chunk types that report an error (bit 15 set).
+ *
+ * @example
+ * ```ts
+ * import { ChunkType, isErrorChunk } from "./nbd_protocol.ts";
+ * isErrorChunk(ChunkType.Error); // true
+ * ```
+ */
 export function isErrorChunk(type: number): boolean {
   return (type & 0x8000) !== 0;
 }

@@ -23,7 +23,7 @@ export interface OpenOptions {
   vhdBackend?: VhdBackend;
   /** `-nbd-export`: the export name of an NBD destination. */
   nbdExport?: string;
-  /** `-nbd-timeout`: milliseconds allowed for each NBD request (0: wait forever). */
+  /** `-nbd-timeout`: milliseconds allowed for connecting and for each NBD request (0: no limit). */
   nbdTimeoutMs?: number;
 }
 
@@ -45,6 +45,7 @@ async function openNbd(
     writable,
     exportName: writable ? options.nbdExport : undefined,
     requestTimeoutMs: options.nbdTimeoutMs,
+    connectTimeoutMs: options.nbdTimeoutMs,
   });
 }
 
@@ -75,7 +76,7 @@ export async function openSource(spec: string, options: OpenOptions = {}): Promi
   if (await isVhdSource(spec, options.srcFormat ?? "auto")) {
     return await VhdDisk.open(spec, { backend: options.vhdBackend ?? "auto" });
   }
-  return await FileDisk.open(spec);
+  return await FileDisk.open(spec, { unbuffered: options.unbuffered });
 }
 
 /**
@@ -97,5 +98,9 @@ export async function openDestination(
   refuseUnsupported(spec);
   // An NBD export has its own size and is never assumed to be zero (only -prezeroed says so).
   if (isNbdUri(spec)) return await openNbd(spec, true, options);
-  return await FileDisk.open(spec, { write: true, createSize: size });
+  return await FileDisk.open(spec, {
+    write: true,
+    createSize: size,
+    unbuffered: options.unbuffered,
+  });
 }

@@ -162,7 +162,7 @@ export const TAP_CTL_TIMEOUT_MS = 15_000;
  * non-zero.
  *
  * @example
- * ```ts
+ * ```ts ignore
  * import { tapCtlList } from "./tapctl.ts";
  * const { entries } = await tapCtlList({ command: "/usr/sbin/tap-ctl" }, { pid: 4242, minor: 3 });
  * ```

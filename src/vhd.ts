@@ -179,7 +179,15 @@ function printable(s: string): string {
   return JSON.stringify(s);
 }
 
-/** Four-character code of a 32-bit platform / creator value. */
+/**
+ * Four-character code of a 32-bit platform / creator value.
+ *
+ * @example
+ * ```ts
+ * import { fourCC } from "./vhd.ts";
+ * fourCC(0x4d616358); // "MacX"
+ * ```
+ */
 export function fourCC(code: number): string {
   return String.fromCharCode(code >>> 24, (code >>> 16) & 0xff, (code >>> 8) & 0xff, code & 0xff);
 }
@@ -203,7 +211,15 @@ export function vhdChecksum(bytes: Uint8Array, checksumOffset: number): number {
   return (~sum) >>> 0;
 }
 
-/** Formats 16 bytes as a lower-case UUID with dashes. */
+/**
+ * Formats 16 bytes as a lower-case UUID with dashes.
+ *
+ * @example
+ * ```ts
+ * import { formatUuid } from "./vhd.ts";
+ * formatUuid(new Uint8Array(16)); // "00000000-0000-0000-0000-000000000000"
+ * ```
+ */
 export function formatUuid(b: Uint8Array, off = 0): string {
   const hex: string[] = [];
   for (let i = 0; i < 16; i++) hex.push(b[off + i].toString(16).padStart(2, "0"));
@@ -211,7 +227,15 @@ export function formatUuid(b: Uint8Array, off = 0): string {
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
 
-/** True when the UUID is all zeroes (a differencing disk over a raw parent, in blktap). */
+/**
+ * True when the UUID is all zeroes (a differencing disk over a raw parent, in blktap).
+ *
+ * @example
+ * ```ts
+ * import { isNilUuid } from "./vhd.ts";
+ * isNilUuid("00000000-0000-0000-0000-000000000000"); // true
+ * ```
+ */
 export function isNilUuid(uuid: string): boolean {
   return uuid === NIL_UUID;
 }
@@ -443,7 +467,15 @@ function decodeUtf16(b: Uint8Array, littleEndian: boolean): string {
   return new TextDecoder(littleEndian ? "utf-16le" : "utf-16be").decode(b.subarray(start, end));
 }
 
-/** Bytes of sector bitmap in front of each block of `blockSize` bytes (a whole sector or more). */
+/**
+ * Bytes of sector bitmap in front of each block of `blockSize` bytes (a whole sector or more).
+ *
+ * @example
+ * ```ts
+ * import { bitmapBytesFor } from "./vhd.ts";
+ * bitmapBytesFor(2 * 1024 * 1024); // 512 (4096 sectors, 512 bytes of bits)
+ * ```
+ */
 export function bitmapBytesFor(blockSize: number): number {
   const bytes = Math.ceil(blockSize / SECTOR / 8);
   return Math.ceil(bytes / SECTOR) * SECTOR;
@@ -547,8 +579,14 @@ export function parseBat(
 }
 
 /**
- * Checks one BAT entry (already in host order, e.g. from libvhd) against the file: the block's
+ * Checks BAT entries already in host order (e.g. from libvhd) against the file: each block's
  * bitmap and data must end by `dataEnd`.
+ *
+ * @example
+ * ```ts ignore
+ * import { checkBatEntries } from "./vhd.ts";
+ * checkBatEntries(batFromLibvhd, layout, fileSize - 512, "disk.vhd"); // throws VhdError if not
+ * ```
  */
 export function checkBatEntries(
   bat: Uint32Array,
@@ -729,7 +767,15 @@ export function parentCandidates(
   return out;
 }
 
-/** Human name of a disk type. */
+/**
+ * Human name of a disk type.
+ *
+ * @example
+ * ```ts
+ * import { DiskType, diskTypeName } from "./vhd.ts";
+ * diskTypeName(DiskType.Differencing); // "differencing"
+ * ```
+ */
 export function diskTypeName(t: DiskTypeValue): "fixed" | "dynamic" | "differencing" {
   return t === DiskType.Fixed ? "fixed" : t === DiskType.Dynamic ? "dynamic" : "differencing";
 }

@@ -47,7 +47,7 @@ export const XENSTORE_TIMEOUT_MS = 5_000;
  * escaping, no newline). Throws {@linkcode XenstoreError}.
  *
  * @example
- * ```ts
+ * ```ts ignore
  * import { xenstoreRead } from "./xenstore.ts";
  * const domid = await xenstoreRead("domid");
  * const backend = await xenstoreRead("device/vbd/51712/backend");

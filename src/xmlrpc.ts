@@ -24,6 +24,7 @@
 
 /** A struct: names to values. Parsed structs have a null prototype. */
 export interface XmlRpcStruct {
+  /** A member. */
   [name: string]: XmlRpcValue;
 }
 
@@ -102,8 +103,13 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
  * ```
  */
 export class XmlRpcError extends Error {
-  constructor(message: string, readonly offset?: number) {
+  /** Where in the input the problem is, when there is an input. */
+  readonly offset?: number;
+
+  /** `message`, with the offset appended when there is one. */
+  constructor(message: string, offset?: number) {
     super(offset === undefined ? message : `${message} at offset ${offset}`);
+    this.offset = offset;
     this.name = "XmlRpcError";
   }
 }
@@ -122,7 +128,13 @@ export class XmlRpcError extends Error {
  * ```
  */
 export class XmlRpcDouble {
-  constructor(readonly value: number) {}
+  /** The number to write as `<double>`. */
+  readonly value: number;
+
+  /** Wraps `value`. */
+  constructor(value: number) {
+    this.value = value;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import {
   tapdiskOfNbdSocket,
   vbdIdOfDeviceLink,
 } from "../src/discovery.ts";
+import { vhdBehindDevice } from "../src/discovery_allocation.ts";
 import {
   readMachineStream,
   ROOT,
@@ -192,6 +193,28 @@ Deno.test("tapdev route: the tap-ctl entry with the device's minor names the VHD
     strictEqual(d.reason, undefined);
     strictEqual(await h.tapCtlLog(), "list\n");
     ok(d.notes.some((n) => n.includes("block device 240:3")), d.notes.join("\n"));
+  });
+});
+
+Deno.test("vhdBehindDevice names the VHD behind a device, or says why there is none", async () => {
+  await withTempDir(async (dir) => {
+    const h = await fakeHost(
+      dir,
+      "240 tapdev\n",
+      "tapdisk 1 1 0 vhd:/sr/base.vhd\ntapdisk 2 2 0 aio:/sr/base.raw\n",
+    );
+    deepStrictEqual(await vhdBehindDevice(await mknod(`${h.dev}/t1`, 240, 1), h.options), {
+      vhd: "/sr/base.vhd",
+      route: "tapdev",
+    });
+    deepStrictEqual(await vhdBehindDevice(await mknod(`${h.dev}/t2`, 240, 2), h.options), {
+      reason: `${h.dev}/t2 is served by a tapdisk aio image, not a VHD`,
+      route: "tapdev",
+    });
+    deepStrictEqual(await vhdBehindDevice(await mknod(`${h.dev}/t3`, 240, 3), h.options), {
+      reason: "tap-ctl list has no entry for minor 3",
+      route: "none",
+    });
   });
 });
 
@@ -629,6 +652,31 @@ Deno.test("sparse_dd copies a tapdev device reading only its VHD's allocated blo
   });
 });
 
+Deno.test("sparse_dd reads the allocation of a VHD kept on a block device (LVHD-style)", async () => {
+  await withTempDir(async (dir) => {
+    const f = await vhdFixture(dir);
+    // As on an LVM SR, the VHD itself lives on a block device (here a loop device over it).
+    await withLoop(f.vhd, async (vhdDev) => {
+      await withLoop(f.raw, async (loop) => {
+        const { major, minor } = await rdevOf(loop);
+        const h = await fakeHost(
+          dir,
+          `${major} tapdev\n`,
+          `tapdisk 4242 ${minor} 0 vhd:${vhdDev}\n`,
+        );
+        const tapdev = await mknod(`${h.dev}/tapdev${minor}`, major, minor);
+        const out = `${dir}/out.raw`;
+        const r = await copyWith(["-src", tapdev, "-require-vhd", ...h.flags], out);
+        strictEqual(r.code, 0, r.stderr);
+        ok(r.stderr.includes(`auto-detect src vhd: ${vhdDev}\n`), r.stderr);
+        ok(await sameBytes(out, f.raw), "copy differs from the device");
+        strictEqual(r.stats.discovery?.vhd, vhdDev);
+        ok(r.stats.bytesRead <= VHD_ALLOCATED, `read ${r.stats.bytesRead}`);
+      });
+    });
+  });
+});
+
 Deno.test("sparse_dd copies a /dev/nbdN served by a tapdisk using its VHD's allocation", async () => {
   await withTempDir(async (dir) => {
     const f = await vhdFixture(dir);
@@ -862,6 +910,9 @@ Deno.test("-machine keeps stdout to framed progress; auto-detect goes to stderr"
 Deno.test("-require-vhd accepts a VHD file source and refuses a raw file", async () => {
   await withTempDir(async (dir) => {
     const f = await vhdFixture(dir);
+    const vhd = await runMain(["-src", f.vhd, "-dest", `${dir}/o0`, "-require-vhd"]);
+    strictEqual(vhd.code, 0, vhd.stderr);
+    ok(await sameBytes(`${dir}/o0`, f.raw), "VHD file copy differs");
     const raw = await runMain(["-src", f.raw, "-dest", `${dir}/o1`, "-require-vhd"]);
     strictEqual(raw.code, 3, raw.stderr);
     strictEqual(
