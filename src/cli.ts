@@ -684,6 +684,12 @@ export async function main(argv: string[]): Promise<number> {
     const h = () => {
       stoppedBy ??= sig;
       abort.abort(sig);
+      // The copy stops between steps; anything else (discovery waiting on tap-ctl, a stalled
+      // NBD request) must not keep xapi waiting: leave after a grace period regardless.
+      setTimeout(() => {
+        note(`stopped by ${sig}; ${o.dest} is incomplete`);
+        Deno.exit(sig === "SIGINT" ? ExitCode.Interrupted : ExitCode.Terminated);
+      }, 2000);
     };
     Deno.addSignalListener(sig, h);
     return [sig, h] as const;

@@ -11,6 +11,7 @@ import {
 } from "../src/discovery.ts";
 import { vhdBehindDevice } from "../src/discovery_allocation.ts";
 import {
+  mainCommand,
   readMachineStream,
   ROOT,
   runMain,
@@ -922,5 +923,34 @@ Deno.test("-require-vhd accepts a VHD file source and refuses a raw file", async
     const bad = await runMain(["-src", f.raw, "-dest", `${dir}/o2`, "-discovery-timeout", "x"]);
     strictEqual(bad.code, 1, bad.stderr);
     ok(bad.stderr.includes("invalid -discovery-timeout value 'x'"), bad.stderr);
+  });
+});
+
+Deno.test("SIGTERM while tap-ctl hangs ends the run without waiting for the discovery timeout", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.writeFile(`${dir}/disk.img`, new Uint8Array(4 * 1024 * 1024));
+    await withLoop(`${dir}/disk.img`, async (loop) => {
+      const { major, minor } = await rdevOf(loop);
+      const h = await fakeHost(`${dir}/host`, `${major} tapdev\n`, "sleep 120\n");
+      const src = await mknod(`${h.dev}/tapdev${minor}`, major, minor);
+      // Discovery would wait 60 s for tap-ctl; after SIGTERM the run must end well before that.
+      const child = mainCommand(
+        ["-machine", "-src", src, "-dest", `${dir}/out`, "-discovery-timeout", "60", ...h.flags],
+      ).spawn();
+      // Wait until tap-ctl has been called, then cancel as xapi does.
+      while (!(await h.tapCtlLog()).includes("list")) await new Promise((r) => setTimeout(r, 50));
+      child.kill("SIGTERM");
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const ended = await Promise.race([
+        child.status.then(() => true),
+        new Promise<boolean>((r) => timer = setTimeout(() => r(false), 30_000)),
+      ]);
+      clearTimeout(timer);
+      if (!ended) child.kill("SIGKILL");
+      const out = await child.output();
+      ok(ended, "still running 30 s after SIGTERM");
+      strictEqual(out.code, 143, new TextDecoder().decode(out.stderr));
+      ok(!readMachineStream(out.stdout).ended, "no end record");
+    });
   });
 });
