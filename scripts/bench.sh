@@ -14,7 +14,8 @@
 #   BENCH_DIR=DIR        work directory (default: a new one under /var/tmp, removed at the end)
 #   BENCH_KEEP=1         keep the work directory
 #   BENCH_OUT=FILE       report file (default BENCHMARKS.md; quick mode: BENCHMARKS.quick.md)
-#   SPARSE_DD="cmd"      how to run sparse_dd (default: deno run -A main.ts)
+#   SPARSE_DD="cmd"      how to run sparse_dd (default: the `deno bundle` of main.ts under
+#                        `deno run -A`, as scripts/install.sh's launcher runs it)
 #
 # scripts/bench_s5.sh, when present, is *sourced* after S4 and defines its scenarios with the same
 # functions S1-S4 use:
@@ -44,7 +45,14 @@ fi
 OUT=${BENCH_OUT:-$ROOT/$([ "$QUICK" = 1 ] && echo BENCHMARKS.quick.md || echo BENCHMARKS.md)}
 MiB=$((1024 * 1024))
 GiB=$((1024 * MiB))
-SD=${SPARSE_DD:-"$DENO run -A --quiet --no-lock $ROOT/main.ts"}
+# sparse_dd runs as it is shipped without a compiled binary (scripts/install.sh's launcher): the
+# one-file bundle under `deno run -A`, so start-up is what xapi would see.
+BUNDLE=""
+if [ -z "${SPARSE_DD:-}" ]; then
+  BUNDLE=$(mktemp --suffix=.js /var/tmp/sparse_dd_bench_bundle.XXXXXX)
+  "$DENO" bundle --quiet --platform=deno -o "$BUNDLE" "$ROOT/main.ts"
+fi
+SD=${SPARSE_DD:-"$DENO run -A --quiet --no-config --no-lock $BUNDLE"}
 SD_PREFIX=$SD # what the rows show instead of the full command
 
 if [ -n "${BENCH_DIR:-}" ]; then
@@ -64,6 +72,7 @@ cleanup() {
   local i
   for ((i = ${#EXIT_CMDS[@]} - 1; i >= 0; i--)); do eval "${EXIT_CMDS[$i]}" || true; done
   if [ "${BENCH_KEEP:-0}" != 1 ] && [ -z "${BENCH_DIR:-}" ]; then rm -rf "$WORK"; fi
+  if [ -n "$BUNDLE" ]; then rm -f "$BUNDLE"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -140,7 +149,6 @@ data() { "$DENO" run -A --quiet --no-lock "$ROOT/scripts/bench_data.ts" "$@"; }
 
 # Some helpers use the machine at the same time: say how busy it was.
 log "work directory $WORK; quick=$QUICK runs=$RUNS"
-"$DENO" cache --quiet --no-lock "$ROOT/main.ts" >/dev/null 2>&1 || true
 
 W=$WORK
 D=$W/dest.raw

@@ -28,7 +28,7 @@ export interface CopyOptions {
   chunkSize?: number;
   /** How many reads may be in flight ahead of the write (default 4). */
   readAhead?: number;
-  /** How many steps may be being written at once (default 4). */
+  /** Steps being written at once (default: the destination's `writeQueueDepth`, else 1). */
   writeBehind?: number;
   /** Called after each step with the work done and the total work, in bytes. */
   onProgress?: (done: number, total: number) => void;
@@ -108,14 +108,20 @@ export async function copy(src: Disk, dst: Disk, options: CopyOptions): Promise<
 }
 
 /**
- * A destination that can say zeroing it wholesale is cheap (`FileDisk.zeroIsCheap`: hole punching
- * on a file, offloaded BLKZEROOUT on a device; an NBD disk whose server zeroes fast may say so too).
- * The copier then overwrites such a destination by zeroing `[0, size)` in one call and writing
- * only the non-zero quanta, instead of writing every byte.
+ * Optional hints a disk may give the copier (FileDisk does; an NBD disk may).
+ *
+ * - `zeroIsCheap`: one `zero(0, size)` costs far less than writing `size` bytes (hole punching on
+ *   a file, offloaded BLKZEROOUT on a device, an NBD server's fast zero). The copier then
+ *   overwrites the disk by zeroing all of `[0, size)` in one call and writing only the non-zero
+ *   quanta, instead of writing every byte.
+ * - `writeQueueDepth`: how many steps may be written at once to keep the disk busy (O_DIRECT
+ *   writes, NBD requests). Without it, one at a time.
  */
-export interface CheapZeroDisk extends Disk {
-  /** True when one `zero(0, size)` costs far less than writing `size` bytes. */
+export interface DiskHints extends Disk {
+  /** True when zeroing the whole disk is far cheaper than writing it. */
   readonly zeroIsCheap?: boolean;
+  /** How many writes to keep in flight. */
+  readonly writeQueueDepth?: number;
 }
 
 /** Executes an existing plan (see {@linkcode copy}). */
@@ -129,7 +135,7 @@ export async function executePlan(
   const quantum = options.quantum ?? DEFAULT_QUANTUM;
   const chunk = options.chunkSize ?? 2 * MiB;
   const depth = Math.max(1, options.readAhead ?? 4);
-  const writeDepth = Math.max(1, options.writeBehind ?? 4);
+  const writeDepth = Math.max(1, options.writeBehind ?? (dst as DiskHints).writeQueueDepth ?? 1);
   // Checked before anything is written: no write may land outside either disk.
   if (plan.size > src.size) {
     throw fail(
@@ -207,7 +213,7 @@ export async function executePlan(
   let preZeroed = false;
   if (
     !plan.scan && plan.unchanged.isEmpty && plan.size > 0 && dst.zero &&
-    (dst as CheapZeroDisk).zeroIsCheap === true
+    (dst as DiskHints).zeroIsCheap === true
   ) {
     if (options.signal?.aborted) throw new CopyAborted(0, options.signal.reason);
     await zeroRange(0, plan.size);
@@ -227,11 +233,13 @@ export async function executePlan(
     read?: Promise<void>;
   }
   const queue: Pending[] = [];
-  let readsInFlight = 0;
+  // Data steps queued (being read, or read and waiting): each holds a buffer, so this bounds
+  // memory to (depth + writeDepth + 1) buffers whatever the disk size.
+  let readsQueued = 0;
   const steps = planSteps(run, chunk, Math.max(chunk, 64 * MiB));
   let exhausted = false;
   const refill = () => {
-    while (!exhausted && queue.length < depth + 16 && readsInFlight < depth) {
+    while (!exhausted && queue.length < depth + 16 && readsQueued < depth) {
       const next = steps.next();
       if (next.done) {
         exhausted = true;
@@ -241,16 +249,10 @@ export async function executePlan(
       if (step.kind === "data") {
         const buf = take();
         const view = buf.subarray(0, step.length);
-        readsInFlight++;
-        const read = src.read(step.start, view).then(
-          () => {
-            readsInFlight--;
-          },
-          (err) => {
-            readsInFlight--;
-            throw fail(err, src, "source", "read", step.start);
-          },
-        );
+        readsQueued++;
+        const read = src.read(step.start, view).catch((err) => {
+          throw fail(err, src, "source", "read", step.start);
+        });
         // Avoid an unhandled rejection while earlier steps are still being written.
         read.catch(() => {});
         queue.push({ step, buf, read });
@@ -275,6 +277,7 @@ export async function executePlan(
       const { step } = item;
       let work: Promise<void>;
       if (item.read) {
+        readsQueued--;
         await item.read;
         // Checked again after the wait: the step may not start writing once stopped.
         if (options.signal?.aborted) {
@@ -327,7 +330,7 @@ export async function executePlan(
   }
   if (preZeroed) {
     // Everything not written as data was made zero by the first call.
-    stats.zeroedBytes += stats.skippedBytes - plan.skip.bytes;
+    stats.zeroedBytes += plan.zero.bytes + stats.skippedBytes - plan.skip.bytes;
     stats.skippedBytes = plan.skip.bytes;
   }
   stats.seconds = (performance.now() - started) / 1000;

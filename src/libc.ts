@@ -76,8 +76,12 @@ export const POSIX_FADV_SEQUENTIAL = 2;
 /** `posix_fadvise` advice: the range will not be needed again (drop it from the cache). */
 export const POSIX_FADV_DONTNEED = 4;
 
+/** `sync_file_range` flag: first wait for writeback already under way in the range. */
+export const SYNC_FILE_RANGE_WAIT_BEFORE = 1;
 /** `sync_file_range` flag: start writeback of the range's dirty pages, do not wait. */
 export const SYNC_FILE_RANGE_WRITE = 2;
+/** `sync_file_range` flag: then wait until the range's writeback has completed. */
+export const SYNC_FILE_RANGE_WAIT_AFTER = 4;
 
 /** ioctl: size of a block device in bytes (u64). */
 export const BLKGETSIZE64 = 0x80081272;
@@ -187,6 +191,12 @@ const SYMBOLS = {
   fdatasync: { parameters: ["i32"], result: "i32" },
   fdatasyncAsync: { name: "fdatasync", parameters: ["i32"], result: "i32", nonblocking: true },
   sync_file_range: { parameters: ["i32", "i64", "i64", "u32"], result: "i32" },
+  syncFileRangeAsync: {
+    name: "sync_file_range",
+    parameters: ["i32", "i64", "i64", "u32"],
+    result: "i32",
+    nonblocking: true,
+  },
   posix_fadvise: {
     name: "posix_fadvise64",
     parameters: ["i32", "i64", "i64", "i32"],
@@ -419,6 +429,18 @@ export class Libc {
    */
   syncFileRange(fd: number, offset: number, length: number, flags: number): void {
     this.#s.sync_file_range(fd, BigInt(offset), BigInt(length), flags);
+  }
+
+  /**
+   * `sync_file_range(2)` on another thread (with the WAIT flags it blocks until the range is on
+   * the device). Errors are thrown: a failed writeback is a failed write.
+   */
+  async syncFileRangeAsync(fd: number, offset: number, length: number, flags: number) {
+    const r = await this.#s.syncFileRangeAsync(fd, BigInt(offset), BigInt(length), flags);
+    if (r === 0) return;
+    if (this.#s.sync_file_range(fd, BigInt(offset), BigInt(length), flags) !== 0) {
+      this.#fail("sync_file_range");
+    }
   }
 
   /** `posix_fadvise(2)`; advice only, so failures are ignored. `length` 0 means to the end. */

@@ -269,3 +269,100 @@ Deno.test("progress rises monotonically from 0 to the total work", async () => {
   strictEqual(total, 1 << 20);
   for (let i = 1; i < seen.length; i++) ok(seen[i] >= seen[i - 1]);
 });
+
+/** A MemoryDisk that says zeroing it is cheap, as a file or an offloading device does. */
+class CheapZero extends Recording {
+  readonly zeroIsCheap = true;
+  zeroCalls: Extent[] = [];
+  constructor(inner: MemoryDisk) {
+    super(inner);
+    const z = this.zero!;
+    (this as { zero?: (o: number, l: number) => Promise<void> }).zero = (o, l) => {
+      this.zeroCalls.push({ start: o, length: l });
+      return z(o, l);
+    };
+  }
+}
+
+Deno.test("a cheaply zeroed destination is zeroed in one call, then gets only non-zero quanta", async () => {
+  for (let seed = 1; seed <= 300; seed++) {
+    const r = new Prng(seed);
+    const size = 1 + r.int(20000);
+    const { data, allocation } = randomDisk(r, size);
+    const quantum = [16, 64, 512][r.int(3)];
+    const ignore = r.chance(0.3);
+    const dst = new CheapZero(MemoryDisk.from(r.fill(new Uint8Array(size)), { canZero: true }));
+    const stats = await copy(MemoryDisk.from(data, { allocation }), dst, {
+      size,
+      allocation: ignore ? undefined : allocation,
+      prezeroed: false,
+      quantum,
+      chunkSize: quantum * (1 + r.int(8)),
+      readAhead: 1 + r.int(4),
+      writeBehind: 1 + r.int(4),
+    });
+    const where = `seed ${seed}`;
+    ok(Buffer.from(dst.inner.data).equals(Buffer.from(data)), `${where}: copy differs`);
+    checkStats(stats, size, where);
+    deepStrictEqual(dst.zeroCalls, [{ start: 0, length: size }], where);
+    strictEqual(stats.zeroCalls, 1, where);
+    strictEqual(stats.skippedBytes, 0, `${where}: nothing is left unwritten`);
+    // Every write holds whole quanta with at least one non-zero byte.
+    for (const t of dst.touched.slice(1)) {
+      const first = Math.floor(t.start / quantum) * quantum;
+      for (let q = first; q < t.start + t.length; q += quantum) {
+        const end = Math.min(size, q + quantum);
+        ok(data.subarray(q, end).some((b) => b !== 0), `${where}: wrote a zero quantum at ${q}`);
+      }
+    }
+  }
+});
+
+Deno.test("a cheaply zeroed destination is not zeroed wholesale when prezeroed or with a base", async () => {
+  const size = 1 << 16;
+  const data = new Uint8Array(size).fill(7);
+  const a = new CheapZero(new MemoryDisk(size, { canZero: true }));
+  await copy(MemoryDisk.from(data), a, { size, prezeroed: true, chunkSize: 4096 });
+  strictEqual(a.zeroCalls.length, 0);
+  const b = new CheapZero(MemoryDisk.from(data, { canZero: true }));
+  await copy(MemoryDisk.from(data), b, {
+    size,
+    prezeroed: false,
+    unchanged: ExtentSet.range(0, 4096),
+    chunkSize: 4096,
+  });
+  ok(b.zeroCalls.every((z) => z.length < size), "only holes are zeroed with a base");
+});
+
+Deno.test("several reads and writes in flight still land every byte once, in any completion order", async () => {
+  // Writes that finish in a scrambled order (random delays) must not change the result.
+  for (let seed = 1; seed <= 40; seed++) {
+    const r = new Prng(seed);
+    const size = 4096 * (1 + r.int(64));
+    const { data, allocation } = randomDisk(r, size);
+    const inner = MemoryDisk.from(r.fill(new Uint8Array(size)));
+    const slow: Disk = {
+      name: "slow",
+      size,
+      read: (o, b) => inner.read(o, b),
+      write: (o, b) => {
+        const copyOf = b.slice();
+        return new Promise((res) => setTimeout(() => res(inner.write(o, copyOf)), r.int(3)));
+      },
+      flush: () => Promise.resolve(),
+      close: () => Promise.resolve(),
+    };
+    const seen: number[] = [];
+    await copy(MemoryDisk.from(data, { allocation }), slow, {
+      size,
+      allocation,
+      prezeroed: false,
+      chunkSize: 4096,
+      readAhead: 1 + r.int(6),
+      writeBehind: 1 + r.int(6),
+      onProgress: (d) => seen.push(d),
+    });
+    ok(Buffer.from(inner.data).equals(Buffer.from(data)), `seed ${seed}`);
+    for (let i = 1; i < seen.length; i++) ok(seen[i] >= seen[i - 1], `seed ${seed}: progress`);
+  }
+});

@@ -3,6 +3,8 @@ import { FileDisk, seekDataExtents } from "../src/file.ts";
 import { ExitCode } from "../src/errors.ts";
 import { allocatedBytes, runMain, sameBytes, sh, withLoop, withTempDir } from "./helpers.ts";
 import { Prng } from "./prng.ts";
+import { Buffer } from "node:buffer";
+import { scanBuffer } from "../src/zeroscan.ts";
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
@@ -206,6 +208,165 @@ Deno.test("a full destination filesystem is a destination error naming the file 
       strictEqual((await Deno.stat(`${dir}/small/out`)).size, 8 * MiB, "never grown past -size");
     } finally {
       await sh("umount", [`${dir}/small`]).catch(() => undefined);
+    }
+  });
+});
+
+/** The open descriptors of this process on `path`, with their open flags (octal, /proc fdinfo). */
+async function openFlags(path: string): Promise<number[]> {
+  const out: number[] = [];
+  for await (const e of Deno.readDir("/proc/self/fd")) {
+    let target: string;
+    try {
+      target = await Deno.readLink(`/proc/self/fd/${e.name}`);
+    } catch {
+      continue;
+    }
+    if (target !== path) continue;
+    const info = await Deno.readTextFile(`/proc/self/fdinfo/${e.name}`);
+    out.push(parseInt(/flags:\s*([0-7]+)/.exec(info)![1], 8));
+  }
+  return out;
+}
+
+const O_DIRECT_FLAG = 0o40000;
+
+Deno.test("-unbuffered true reads and writes aligned blocks with O_DIRECT, and odd ones without", async () => {
+  await withTempDir(async (dir) => {
+    const p = `${dir}/d.raw`;
+    const disk = await FileDisk.open(p, { write: true, createSize: 4 * MiB, unbuffered: true });
+    try {
+      ok((await openFlags(p)).some((f) => (f & O_DIRECT_FLAG) !== 0), "an O_DIRECT descriptor");
+      const r = new Prng(9);
+      const aligned = scanBuffer(MiB);
+      r.fill(aligned);
+      await disk.write(MiB, aligned);
+      // Unaligned offset, length and address: served by the buffered descriptor.
+      const odd = r.fill(new Uint8Array(1000));
+      await disk.write(12345, odd.subarray(1));
+      await disk.flush();
+      const back = scanBuffer(MiB);
+      await disk.read(MiB, back);
+      ok(Buffer.from(back).equals(Buffer.from(aligned)));
+      const small = new Uint8Array(999);
+      await disk.read(12345, small);
+      ok(Buffer.from(small).equals(Buffer.from(odd.subarray(1))));
+    } finally {
+      await disk.close();
+    }
+    strictEqual((await openFlags(p)).length, 0, "both descriptors closed");
+  });
+});
+
+Deno.test("by default nothing is O_DIRECT, and the copy does not fill the page cache with the destination", async () => {
+  await withTempDir(async (dir) => {
+    const size = 256 * MiB;
+    const src = `${dir}/s.raw`;
+    const f = await Deno.open(src, { write: true, create: true });
+    const block = new Prng(4).fill(new Uint8Array(MiB));
+    for (let off = 0; off < size; off += MiB) await f.write(block);
+    f.close();
+    const s = await FileDisk.open(src);
+    const d = await FileDisk.open(`${dir}/d.raw`, { write: true, createSize: MiB });
+    const off = await FileDisk.open(`${dir}/o.raw`, {
+      write: true,
+      createSize: MiB,
+      unbuffered: false,
+    });
+    try {
+      for (const p of ["s.raw", "d.raw", "o.raw"]) {
+        ok((await openFlags(`${dir}/${p}`)).every((fl) => (fl & O_DIRECT_FLAG) === 0), p);
+      }
+    } finally {
+      await Promise.all([s.close(), d.close(), off.close()]);
+    }
+    const res = await runMain(["-src", src, "-dest", `${dir}/d.raw`, ...NO_CONFIG]);
+    strictEqual(res.code, 0, res.stderr);
+    // fincore: bytes of the file in the page cache; written ranges are dropped once on disk.
+    // (Before cmp, which reads the file back in.)
+    const cached = Number((await sh("fincore", ["-bno", "RES", `${dir}/d.raw`])).trim());
+    ok(cached <= 64 * MiB, `${cached} bytes of the destination left in the page cache`);
+    ok(await sameBytes(src, `${dir}/d.raw`));
+  });
+});
+
+Deno.test("zeroing a file range punches a hole, and so does zeroing a loop device", async () => {
+  await withTempDir(async (dir) => {
+    const p = `${dir}/f.raw`;
+    await Deno.writeFile(p, new Uint8Array(8 * MiB).fill(0xaa));
+    const f = await FileDisk.open(p, { write: true, createSize: 8 * MiB });
+    strictEqual(f.knownZero, false);
+    strictEqual(f.zeroIsCheap, true);
+    await f.zero!(MiB, 3 * MiB + 100);
+    await f.flush();
+    await f.close();
+    const data = await Deno.readFile(p);
+    ok(data.subarray(MiB, 4 * MiB + 100).every((b) => b === 0));
+    strictEqual(data[MiB - 1], 0xaa);
+    strictEqual(data[4 * MiB + 100], 0xaa);
+    ok((await allocatedBytes(p)) <= 5 * MiB + 4096, "the zeroed range is a hole");
+
+    const img = `${dir}/img`;
+    await Deno.writeFile(img, new Uint8Array(8 * MiB).fill(0x55));
+    await withLoop(img, async (dev) => {
+      const d = await FileDisk.open(dev, { write: true, createSize: 8 * MiB });
+      strictEqual(d.isBlockDevice, true);
+      strictEqual(d.zeroIsCheap, true, "loop devices offload write-zeroes");
+      // Unaligned edges are written, the aligned middle zeroed by the ioctl.
+      await d.zero!(1000, 2 * MiB);
+      await d.flush();
+      await d.close();
+    });
+    const back = await Deno.readFile(img);
+    ok(back.subarray(1000, 1000 + 2 * MiB).every((b) => b === 0));
+    // The device punched a hole: the backing file gave the space back.
+    ok((await allocatedBytes(img)) <= 6 * MiB + 8192, "the zeroed range is unmapped");
+    strictEqual(back[999], 0x55);
+    strictEqual(back[1000 + 2 * MiB], 0x55);
+  });
+});
+
+Deno.test("a read-only source offers no zero operation", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.writeFile(`${dir}/s.raw`, new Uint8Array(4096));
+    const d = await FileDisk.open(`${dir}/s.raw`);
+    strictEqual(d.zero, undefined);
+    strictEqual(d.zeroIsCheap, false);
+    await d.close();
+  });
+});
+
+Deno.test("overwriting a non-zero file leaves it as sparse as its data, for every -unbuffered", async () => {
+  await withTempDir(async (dir) => {
+    const size = 64 * MiB;
+    const src = `${dir}/src.raw`;
+    const f = await Deno.open(src, { write: true, create: true });
+    const r = new Prng(21);
+    const block = new Uint8Array(MiB);
+    let nonZero = 0;
+    for (let off = 0; off < size; off += block.length) {
+      block.fill(0);
+      for (let q = 0; q < block.length; q += 65536) {
+        if (r.chance(0.3)) {
+          r.fill(block.subarray(q, q + 65536));
+          nonZero += 65536;
+        }
+      }
+      await f.write(block);
+    }
+    f.close();
+    for (const unbuffered of [[], ["-unbuffered", "true"], ["-unbuffered", "false"]]) {
+      const dst = `${dir}/dst.raw`;
+      await Deno.writeFile(dst, new Uint8Array(size).fill(0xff));
+      const res = await runMain(["-src", src, "-dest", dst, "--json", ...unbuffered, ...NO_CONFIG]);
+      strictEqual(res.code, 0, res.stderr);
+      ok(await sameBytes(src, dst), `cmp ${unbuffered.join(" ")}`);
+      const alloc = await allocatedBytes(dst);
+      ok(alloc <= nonZero + METADATA_SLACK, `${unbuffered.join(" ")}: ${alloc} > ${nonZero}`);
+      const s = json(res);
+      strictEqual(s.dataBytes, nonZero);
+      strictEqual(s.zeroedBytes, size - nonZero);
+      strictEqual(s.zeroCalls, 1, "one call zeroed the whole destination");
     }
   });
 });

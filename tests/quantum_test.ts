@@ -1,6 +1,7 @@
 import { deepStrictEqual, ok } from "node:assert/strict";
 import { isZero, nonZeroRuns } from "../src/quantum.ts";
 import { Prng } from "./prng.ts";
+import { scanBuffer } from "../src/zeroscan.ts";
 
 function naiveRuns(buf: Uint8Array, q: number, diskOffset: number) {
   const runs: Array<{ start: number; length: number }> = [];
@@ -44,5 +45,23 @@ Deno.test("nonZeroRuns finds whole quanta aligned to disk offsets, clipped to th
     const q = [16, 64, 512, 1024][r.int(4)];
     const off = r.int(3000);
     deepStrictEqual(nonZeroRuns(buf, q, off), naiveRuns(buf, q, off), `seed ${seed}`);
+  }
+});
+
+Deno.test("nonZeroRuns over SIMD-scanned buffers matches the quantum-by-quantum walk", () => {
+  for (let seed = 1; seed <= 500; seed++) {
+    const r = new Prng(seed);
+    const len = r.int(9000);
+    const buf = scanBuffer(len);
+    for (let k = r.int(8); k > 0; k--) {
+      const at = r.int(len + 1);
+      buf.fill(1 + r.int(255), at, Math.min(len, at + r.int(700)));
+    }
+    const q = [16, 512, 4096, 16384][r.int(4)];
+    const off = r.int(40000);
+    deepStrictEqual(nonZeroRuns(buf, q, off), naiveRuns(buf, q, off), `seed ${seed}`);
+    // An explicit zero test takes the generic walk and must agree too.
+    deepStrictEqual(nonZeroRuns(buf, q, off, isZero), naiveRuns(buf, q, off), `seed ${seed}`);
+    ok(isZero(buf) === !buf.some((b) => b !== 0), `seed ${seed}`);
   }
 });
