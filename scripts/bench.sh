@@ -115,7 +115,9 @@ run_one() {
   t1=$EPOCHREALTIME
   rss=$(tail -n 1 "$WORK/rss" 2>/dev/null | tr -dc 0-9)
   if [ "$round" = 0 ]; then
-    # Allocation and correctness once per tool, after the warm-up run.
+    # Allocation and correctness once per tool, after the warm-up run; a global sync first, so
+    # that every tool's file-system metadata (extent-tree blocks) is settled alike.
+    sync
     alloc=$(du -B1 "$SC_ALLOC" 2>/dev/null | cut -f1 || true)
     if [ "$rc" = 0 ] && cmp -s -n "$SC_SIZE" "$SC_REF" "$SC_DEST"; then same=ok; else same=DIFF; fi
   fi

@@ -7,9 +7,10 @@
  * written. How writes go depends on `-unbuffered` (measured on ext4 over a virtio disk, timed
  * until the data is durable; see BENCHMARKS.md):
  *
- * - unset (the default): buffered `pwrite`s done in place, each 2 MiB of written range handed to
- *   the device at once (`sync_file_range`), at most 32 MiB in flight, and written ranges dropped
- *   from the page cache: as fast as anything measured, and dom0's page cache is not flooded;
+ * - unset (the default): on a regular file, buffered `pwrite`s done in place, each 2 MiB of
+ *   written range handed to the device at once (`sync_file_range`), at most 32 MiB in flight,
+ *   and written ranges dropped from the page cache: as fast as anything measured, and dom0's
+ *   page cache is not flooded; on a block device, `O_DIRECT` as with `true`;
  * - `true`: an extra `O_DIRECT` descriptor serves every aligned read and write (as xapi's own
  *   sparse_dd); unaligned requests take the buffered descriptor;
  * - `false`: plain buffered I/O and one `fdatasync` at the end.
@@ -590,7 +591,10 @@ function openBackend(
   const flags = (write ? O_RDWR : O_RDONLY) | (create ? O_CREAT : 0);
   const fd = c.open(path, flags, 0o644);
   let directFd: number | undefined;
-  if (unbuffered === true) {
+  // Block devices default to O_DIRECT: device-to-device through the page cache measured 2.4x
+  // slower (two caches, and writeback of the device's cache at the end); O_DIRECT requests to a
+  // device run in parallel, unlike O_DIRECT writes into a new file.
+  if (unbuffered === true || (unbuffered === undefined && isBlock)) {
     try {
       directFd = c.open(path, (write ? O_RDWR : O_RDONLY) | O_DIRECT);
     } catch {
@@ -602,8 +606,9 @@ function openBackend(
   // Unset -unbuffered: buffered writes that are pushed out as they go. Measured on ext4: 30%
   // faster to durable than O_DIRECT (whose writes into holes serialise on the inode lock) and
   // 3-4x faster than writing everything and then one fdatasync.
-  const paced = write && unbuffered === undefined && directFd === undefined;
-  const writeback = paced ? new Writeback(c, fd) : undefined;
+  const writeback = write && unbuffered === undefined && directFd === undefined
+    ? new Writeback(c, fd)
+    : undefined;
   // 4096 satisfies every logical block size in use (512 and 4096).
   return new FdBackend(c, fd, directFd, 4096, isBlock, writeback);
 }

@@ -326,6 +326,32 @@ Deno.test("zeroing a file range punches a hole, and so does zeroing a loop devic
   });
 });
 
+Deno.test("block devices use O_DIRECT by default, and not with -unbuffered false", async () => {
+  await withTempDir(async (dir) => {
+    const img = `${dir}/img`;
+    await Deno.writeFile(img, new Uint8Array(4 * MiB).fill(3));
+    await withLoop(img, async (dev) => {
+      for (const [unbuffered, direct] of [[undefined, true], [false, false], [true, true]]) {
+        const d = await FileDisk.open(dev, {
+          write: true,
+          createSize: 4 * MiB,
+          unbuffered: unbuffered as boolean | undefined,
+        });
+        try {
+          const flags = await openFlags(dev);
+          strictEqual(flags.some((f) => (f & O_DIRECT_FLAG) !== 0), direct, `${unbuffered}`);
+          strictEqual(d.writeQueueDepth, direct ? 4 : 1);
+          const buf = scanBuffer(MiB);
+          await d.read(MiB, buf);
+          ok(buf.every((b) => b === 3));
+        } finally {
+          await d.close();
+        }
+      }
+    });
+  });
+});
+
 Deno.test("a read-only source offers no zero operation", async () => {
   await withTempDir(async (dir) => {
     await Deno.writeFile(`${dir}/s.raw`, new Uint8Array(4096));
