@@ -272,20 +272,8 @@ class FdBackend implements Backend {
       }
       return await this.#fill(offset, end);
     }
-    if (this.#punch) {
-      try {
-        // A hole reads as zero and frees the space: the destination stays sparse.
-        return await this.c.fallocate(
-          this.fd,
-          FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-          offset,
-          length,
-        );
-      } catch (err) {
-        if (!(err instanceof ErrnoError) || err.code !== "EOPNOTSUPP") throw err;
-        this.#punch = false;
-      }
-    }
+    // A hole reads as zero and frees the space: the destination stays sparse.
+    if (await this.#punchHole(offset, length, ["EOPNOTSUPP"])) return;
     try {
       return await this.c.fallocate(this.fd, FALLOC_FL_ZERO_RANGE, offset, length);
     } catch (err) {
@@ -301,24 +289,24 @@ class FdBackend implements Backend {
    * is the fallback.
    */
   async #zeroDevice(offset: number, length: number): Promise<void> {
-    if (this.#punch) {
-      try {
-        return await this.c.fallocate(
-          this.fd,
-          FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-          offset,
-          length,
-        );
-      } catch (err) {
-        if (
-          !(err instanceof ErrnoError) || !["EOPNOTSUPP", "EINVAL", "ENODEV"].includes(err.code)
-        ) {
-          throw err;
-        }
-        this.#punch = false;
-      }
-    }
+    if (await this.#punchHole(offset, length, ["EOPNOTSUPP", "EINVAL", "ENODEV"])) return;
     await this.c.blkZeroOut(this.fd, offset, length);
+  }
+
+  /**
+   * Punches a hole over the range; false (and no more tries on this disk) when the kernel says
+   * the file or device cannot, with one of the `unsupported` errno names.
+   */
+  async #punchHole(offset: number, length: number, unsupported: string[]): Promise<boolean> {
+    if (!this.#punch) return false;
+    try {
+      await this.c.fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+      return true;
+    } catch (err) {
+      if (!(err instanceof ErrnoError) || !unsupported.includes(err.code)) throw err;
+      this.#punch = false;
+      return false;
+    }
   }
 
   async #fill(from: number, to: number): Promise<void> {
