@@ -20,6 +20,7 @@ import {
   withLoop,
   withTempDir,
 } from "./helpers.ts";
+import { qemuCreateVhd, qemuIo } from "./vhd_tools.ts";
 import { startXenstored, type Xenstored } from "./xenstored.ts";
 
 const FAKE_TAP_CTL = `${ROOT}/tests/fake-tap-ctl`;
@@ -556,27 +557,8 @@ Deno.test("blkfront route: a device link to something else is not a Xen disk", a
 async function vhdFixture(dir: string): Promise<{ vhd: string; raw: string; size: number }> {
   const vhd = `${dir}/leaf.vhd`;
   const raw = `${dir}/leaf.raw`;
-  await sh("qemu-img", [
-    "create",
-    "-q",
-    "-f",
-    "vpc",
-    "-o",
-    "subformat=dynamic,force_size=on",
-    vhd,
-    "16M",
-  ]);
-  await sh("qemu-io", [
-    "-f",
-    "vpc",
-    "-c",
-    "write -P 0x11 0 4k",
-    "-c",
-    "write -P 0x22 5M 64k",
-    "-c",
-    "write -P 0x33 13M 1M",
-    vhd,
-  ]);
+  await qemuCreateVhd(vhd, "16M");
+  await qemuIo(vhd, ["write -P 0x11 0 4k", "write -P 0x22 5M 64k", "write -P 0x33 13M 1M"]);
   await sh("qemu-img", ["convert", "-f", "vpc", "-O", "raw", vhd, raw]);
   return { vhd, raw, size: 16 * MiB };
 }
@@ -772,16 +754,7 @@ Deno.test("sparse_dd falls back to a full, correct copy whenever discovery fails
       const f = await vhdFixture(dir);
       // A VHD of another size: tap-ctl pointing at it must not be believed.
       const other = `${dir}/other.vhd`;
-      await sh("qemu-img", [
-        "create",
-        "-q",
-        "-f",
-        "vpc",
-        "-o",
-        "subformat=dynamic,force_size=on",
-        other,
-        "8M",
-      ]);
+      await qemuCreateVhd(other, "8M");
       await withLoop(f.raw, async (loop) => {
         const { major, minor } = await rdevOf(loop);
         const cases: {

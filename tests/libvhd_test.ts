@@ -11,7 +11,7 @@ import {
 } from "../src/libvhd.ts";
 import { parseFooter, parseHeader, VhdError } from "../src/vhd.ts";
 import { ROOT, runMain, sameBytes, sh, withTempDir } from "./helpers.ts";
-import { qemuIo } from "./vhd_tools.ts";
+import { qemuCreateVhd, qemuIo } from "./vhd_tools.ts";
 import { blktapLocators, VhdWriter } from "./vhd_writer.ts";
 
 const KiB = 1024;
@@ -22,16 +22,7 @@ const MISSING = "/nonexistent/libvhd.so.0";
 async function images(dir: string): Promise<{ files: string[]; leaf: string; odd: string }> {
   await sh("qemu-img", ["create", "-q", "-f", "vpc", `${dir}/q.vhd`, "40M"]);
   await qemuIo(`${dir}/q.vhd`, ["write -P 1 0 1M", "write -P 2 30M 64k"]);
-  await sh("qemu-img", [
-    "create",
-    "-q",
-    "-f",
-    "vpc",
-    "-o",
-    "subformat=fixed",
-    `${dir}/f.vhd`,
-    "8M",
-  ]);
+  await qemuCreateVhd(`${dir}/f.vhd`, "8M", "subformat=fixed");
   const names = ["c0.vhd", "c1.vhd", "c2.vhd"];
   let parent: VhdWriter | undefined;
   for (let i = 0; i < names.length; i++) {

@@ -28,6 +28,7 @@ import {
 } from "../src/nbd_protocol.ts";
 import { ExitCode } from "../src/errors.ts";
 import { runMain, sameBytes, sh, withTempDir } from "./helpers.ts";
+import { qemuRawToVhd } from "./vhd_tools.ts";
 import { Prng } from "./prng.ts";
 
 const MiB = 1024 * 1024;
@@ -388,17 +389,7 @@ for (const transport of ["unix", "tcp"] as const) {
       const raw = `${dir}/src.raw`;
       await makeSparse(raw, 24 * MiB, 21);
       const vhd = `${dir}/src.vhd`;
-      await sh("qemu-img", [
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "vpc",
-        "-o",
-        "subformat=dynamic,force_size=on",
-        raw,
-        vhd,
-      ]);
+      await qemuRawToVhd(raw, vhd);
       await withServers(async (track) => {
         const servers = [
           track(await nbdkit(dir, transport, ["file", raw])),
@@ -858,15 +849,7 @@ Deno.test("NBD → file: nbdkit file and qemu-nbd vpc sources copy to a sparse f
     const raw = `${dir}/src.raw`;
     await makeSparse(raw, 20 * MiB, 51);
     const vhd = `${dir}/src.vhd`;
-    await sh("qemu-img", [
-      "convert",
-      "-O",
-      "vpc",
-      "-o",
-      "subformat=dynamic,force_size=on",
-      raw,
-      vhd,
-    ]);
+    await qemuRawToVhd(raw, vhd);
     await withServers(async (track) => {
       const sources = [
         track(await nbdkit(dir, "unix", ["file", raw])),
@@ -895,15 +878,7 @@ Deno.test("NBD → NBD: qemu-nbd vpc to nbdkit memory over unix and TCP", async 
     const raw = `${dir}/src.raw`;
     await makeSparse(raw, 16 * MiB, 61);
     const vhd = `${dir}/src.vhd`;
-    await sh("qemu-img", [
-      "convert",
-      "-O",
-      "vpc",
-      "-o",
-      "subformat=dynamic,force_size=on",
-      raw,
-      vhd,
-    ]);
+    await qemuRawToVhd(raw, vhd);
     await withServers(async (track) => {
       const src = track(await qemuNbd(dir, "tcp", "vpc", vhd));
       const dst = track(await nbdkit(dir, "unix", ["memory", "32M"]));

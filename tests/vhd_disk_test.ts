@@ -7,7 +7,14 @@ import { MemoryAccess, type RandomAccess } from "../src/layer.ts";
 import { isVhdSource, VhdDisk } from "../src/vhd_disk.ts";
 import { runMain, sameBytes, sh, withLoop, withTempDir } from "./helpers.ts";
 import { Prng } from "./prng.ts";
-import { qemuIo, qemuMap, qemuVirtualSize, readAll, sameSparseFiles } from "./vhd_tools.ts";
+import {
+  qemuCreateVhd,
+  qemuIo,
+  qemuMap,
+  qemuVirtualSize,
+  readAll,
+  sameSparseFiles,
+} from "./vhd_tools.ts";
 import { blktapLocators, fixChecksum, VhdWriter } from "./vhd_writer.ts";
 
 const KiB = 1024;
@@ -32,16 +39,11 @@ for (const subformat of ["dynamic", "fixed"] as const) {
     Deno.test(`qemu ${subformat} VHD (force_size ${forceSize ? "on" : "off"}) reads as qemu-img convert does`, async () => {
       await withTempDir(async (dir) => {
         const vhd = `${dir}/q.vhd`;
-        await sh("qemu-img", [
-          "create",
-          "-q",
-          "-f",
-          "vpc",
-          "-o",
-          `subformat=${subformat},force_size=${forceSize ? "on" : "off"}`,
+        await qemuCreateVhd(
           vhd,
           "30M",
-        ]);
+          `subformat=${subformat},force_size=${forceSize ? "on" : "off"}`,
+        );
         const size = await qemuVirtualSize(vhd);
         // force_size off rounds up to CHS geometry (qemu writes creator "qemu"); on keeps 30M.
         if (forceSize) assert.equal(size, 30 * MiB);

@@ -82,6 +82,30 @@ export async function qemuVirtualSize(path: string): Promise<number> {
   return json["virtual-size"];
 }
 
+/** `qemu-img create -f vpc` with `-o options` (default: a dynamic disk keeping the exact size). */
+export async function qemuCreateVhd(
+  path: string,
+  size: string,
+  options = "subformat=dynamic,force_size=on",
+): Promise<void> {
+  await sh("qemu-img", ["create", "-q", "-f", "vpc", "-o", options, path, size]);
+}
+
+/** `qemu-img convert` of a raw image into a dynamic VHD keeping the exact size. */
+export async function qemuRawToVhd(raw: string, vhd: string): Promise<void> {
+  await sh("qemu-img", [
+    "convert",
+    "-f",
+    "raw",
+    "-O",
+    "vpc",
+    "-o",
+    "subformat=dynamic,force_size=on",
+    raw,
+    vhd,
+  ]);
+}
+
 /** Runs qemu-io commands on a vpc image. */
 export async function qemuIo(path: string, commands: string[]): Promise<void> {
   await sh("qemu-io", ["-f", "vpc", ...commands.flatMap((c) => ["-c", c]), path]);
