@@ -62,6 +62,11 @@ else
   WORK=$(mktemp -d /var/tmp/sparse_dd_bench.XXXXXX)
 fi
 RESULTS=$WORK/results.tsv
+# The block device under the work directory: its write requests and busy time (io_ticks) are
+# recorded around every timed run, to show when the disk, not the tool, sets the pace.
+DEV=$(basename "$(df --output=source "$WORK" | tail -n 1)")
+grep -qw "$DEV" /proc/diskstats || DEV=""
+devstat() { [ -n "$DEV" ] && awk -v d="$DEV" '$3 == d { print $8, $13 }' /proc/diskstats || echo "0 0"; }
 SCENARIOS=$WORK/scenarios.tsv
 : >"$RESULTS"
 : >"$SCENARIOS"
@@ -106,13 +111,15 @@ peer() { NAMES+=("$1") CMDS+=("$2") KINDS+=(peer); }
 
 # run_one TOOL_INDEX ROUND: prep, then the timed command + sync; appends a row to $RESULTS.
 run_one() {
-  local i=$1 round=$2 rc=0 t0 t1 rss alloc="" same=""
+  local i=$1 round=$2 rc=0 t0 t1 rss alloc="" same="" d0 d1
   eval "$SC_PREP" >/dev/null 2>&1 || { log "prep failed for $SC_ID"; return 1; }
   sync
+  d0=$(devstat)
   t0=$EPOCHREALTIME
   /usr/bin/time -f %M -o "$WORK/rss" bash -c "${CMDS[$i]} && sync -d '$SC_DEST'" \
     >"$WORK/out" 2>"$WORK/err" || rc=$?
   t1=$EPOCHREALTIME
+  d1=$(devstat)
   rss=$(tail -n 1 "$WORK/rss" 2>/dev/null | tr -dc 0-9)
   if [ "$round" = 0 ]; then
     # Allocation and correctness once per tool, after the warm-up run; a global sync first, so
@@ -125,8 +132,9 @@ run_one() {
     log "  ${NAMES[$i]} failed (exit $rc): $(head -c 300 "$WORK/err" | tr '\n' ' ')"
     same=FAIL
   fi
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$SC_ID" "$i" "$round" \
-    "$(awk "BEGIN { print $t1 - $t0 }")" "${rss:-0}" "$alloc" "$same" "$rc" "${KINDS[$i]}" >>"$RESULTS"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$SC_ID" "$i" "$round" \
+    "$(awk "BEGIN { print $t1 - $t0 }")" "${rss:-0}" "$alloc" "$same" "$rc" "${KINDS[$i]}" \
+    "$(echo "$d0 $d1" | awk '{ print $3 - $1 "\t" $4 - $2 }')" >>"$RESULTS"
 }
 
 measure() {
@@ -301,6 +309,7 @@ fi
   echo "mem=$(free -g | awk '/Mem:/ {print $2}') GiB"
   echo "kernel=$(uname -r)"
   echo "fs=$(findmnt -no FSTYPE -T "$WORK")"
+  echo "dev=${DEV:-?}, mounted $(findmnt -no OPTIONS -T "$WORK")"
   echo "deno=$("$DENO" --version | head -1)"
   echo "qemu=$(qemu-img --version | head -1)"
   echo "nbdcopy=$(nbdcopy --version | head -1)"

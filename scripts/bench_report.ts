@@ -21,6 +21,10 @@ interface Row {
   command: string;
   times: number[];
   rssKiB: number[];
+  /** Write requests the work directory's disk completed during each counted run. */
+  diskWrites: number[];
+  /** Milliseconds that disk was busy (io_ticks) during each counted run. */
+  diskBusyMs: number[];
   alloc?: number;
   cmp: string;
   failures: number;
@@ -47,13 +51,15 @@ for (const l of lines(read("scenarios.tsv"))) {
     command,
     times: [],
     rssKiB: [],
+    diskWrites: [],
+    diskBusyMs: [],
     cmp: "",
     failures: 0,
   };
   scenarios.set(sc, rows);
 }
 for (const l of lines(read("results.tsv"))) {
-  const [sc, idx, round, secs, rss, alloc, same, rc] = l.split("\t");
+  const [sc, idx, round, secs, rss, alloc, same, rc, , dw, db] = l.split("\t");
   const row = scenarios.get(sc)?.[Number(idx)];
   if (!row) continue;
   if (rc !== "0") row.failures++;
@@ -62,6 +68,10 @@ for (const l of lines(read("results.tsv"))) {
     row.cmp = same;
   } else if (rc === "0") {
     row.times.push(Number(secs));
+    if (dw !== undefined && db !== undefined) {
+      row.diskWrites.push(Number(dw));
+      row.diskBusyMs.push(Number(db));
+    }
   }
   if (rc === "0") row.rssKiB.push(Number(rss));
 }
@@ -107,10 +117,10 @@ md.push(
 );
 md.push("");
 md.push(
-  "**The 2 cores were shared with other helpers working on the project at the same time**, so " +
-    "absolute times are noisy; the tools of a scenario run interleaved (A B C … A B C …) so that " +
-    "load hits every tool alike, and the load average at the start and end of each scenario is " +
-    "shown.",
+  "The machine is a 2-core virtual machine whose virtual disk is shared with other tenants, so " +
+    "absolute times are noisy (idle, it still shows I/O wait); the tools of a scenario run " +
+    "interleaved (A B C … A B C …) so that load hits every tool alike, and the load average at " +
+    "the start and end of each scenario is shown.",
 );
 md.push("");
 md.push(
@@ -133,6 +143,7 @@ summary.push(
 );
 summary.push("|---|---|---|---|---|---|---|---|---|---|---|");
 const details: string[] = [];
+const disk: string[] = [];
 for (const [sc, rows] of scenarios) {
   const ours = rows.find((r) => r.kind === "ours");
   if (!ours) continue;
@@ -147,6 +158,18 @@ for (const [sc, rows] of scenarios) {
     undefined,
   );
   const ratio = fastest ? om / median(fastest.times) : NaN;
+  if (fastest && ours.diskBusyMs.length && fastest.diskBusyMs.length) {
+    const ob = median(ours.diskBusyMs) / 1000;
+    const pb = median(fastest.diskBusyMs) / 1000;
+    const pm = median(fastest.times);
+    disk.push(
+      `| ${sc} | ${f3(om)} | ${f3(ob)} | ${
+        median(ours.diskWrites).toFixed(0)
+      } | ${fastest.name} | ${f3(pm)} | ${f3(pb)} | ${median(fastest.diskWrites).toFixed(0)} | ${
+        f2(ob / pm)
+      } | ${TARGET[sc] === undefined ? "–" : `≤ ${TARGET[sc].toFixed(2)}`} |`,
+    );
+  }
   const target = TARGET[sc];
   const rss = Math.max(...ours.rssKiB) / 1024;
   const timeVerdict = !ok(ours)
@@ -176,9 +199,9 @@ for (const [sc, rows] of scenarios) {
   const l = load.get(sc);
   if (l) details.push(`Load average at start / end: ${l.join(" / ")}.`, "");
   details.push(
-    "| tool | median (s) | min | max | runs | sparse_dd ÷ tool | peak RSS (MiB) | dest alloc (MiB) | cmp |",
+    "| tool | median (s) | min | max | runs | sparse_dd ÷ tool | peak RSS (MiB) | dest alloc (MiB) | cmp | disk writes | disk busy (s) |",
   );
-  details.push("|---|---|---|---|---|---|---|---|---|");
+  details.push("|---|---|---|---|---|---|---|---|---|---|---|");
   for (const r of rows) {
     const m = median(r.times);
     const name = r.kind === "ours" ? `**${r.name}**` : r.name;
@@ -189,7 +212,9 @@ for (const [sc, rows] of scenarios) {
         r === ours ? "1.00" : f2(om / m)
       } | ${r.rssKiB.length ? (Math.max(...r.rssKiB) / 1024).toFixed(0) : "–"} | ${
         mib(r.alloc)
-      } | ${r.cmp || "–"} |`,
+      } | ${r.cmp || "–"} | ${r.diskWrites.length ? median(r.diskWrites).toFixed(0) : "–"} | ${
+        r.diskBusyMs.length ? f3(median(r.diskBusyMs) / 1000) : "–"
+      } |`,
     );
   }
   details.push("");
@@ -208,6 +233,27 @@ md.push(
 md.push("");
 md.push(...summary);
 md.push("");
+if (disk.length) {
+  md.push("## Where the time goes: the disk");
+  md.push("");
+  md.push(
+    `Around every timed run the script reads \`/proc/diskstats\` for the disk under the work ` +
+      `directory (${meta.dev || "–"}): write requests completed, and the time the disk was busy ` +
+      "(`io_ticks`: milliseconds with at least one request in flight). Medians of the counted " +
+      "runs. *Floor* = sparse_dd's disk-busy time ÷ the fastest peer's wall time: the ratio " +
+      "sparse_dd would reach if it took no time at all outside the disk's own work (start-up, " +
+      "reading, scanning, and every gap between requests). Where the floor is above the target, " +
+      "no copier that issues sparse_dd's writes can meet it on this disk; the ways to a lower " +
+      "floor are fewer or cheaper device requests (see below).",
+  );
+  md.push("");
+  md.push(
+    "| scenario | sparse_dd (s) | its disk busy (s) | its disk writes | fastest peer | peer (s) | peer disk busy (s) | peer disk writes | floor | target |",
+  );
+  md.push("|---|---|---|---|---|---|---|---|---|---|");
+  md.push(...disk);
+  md.push("");
+}
 md.push("## How sparse_dd does it (what these numbers measure)");
 md.push("");
 md.push(
@@ -227,6 +273,15 @@ md.push(
     "depth, also through Linux AIO), buffered writes with one `fdatasync` at the end 3–4× slower, " +
     "and moving the writes to a worker thread gained nothing (the kernel's write path, not the " +
     "copier's thread, is the limit).",
+  "- Tried since, and kept out because they measured no better or worse (interleaved runs on " +
+    "this disk): 8 MiB kicks with 128–512 MiB of data in flight (S2a within noise, S1 0.42 → " +
+    "0.73 s: the long writeback tail); two Deno workers each copying half the disk, as nbdcopy's " +
+    "threads do (equal to one thread: the disk is busy the same ~0.6 s either way); `fallocate` " +
+    "of each data run then O_DIRECT writes (each `fallocate` waits for the direct writes in " +
+    "flight, 1.2 s); O_DIRECT into holes (1.9–2.1 s); on S2b, punching the destination in " +
+    "64–256 MiB pieces just ahead of the writes (no better: the punch holds the inode lock while " +
+    "it waits for the disk's discard) and overwriting data in place while punching only the zero " +
+    "runs (2.5 s: thousands of small discards).",
   "- Overwriting a destination that is not known to be zero: one hole punched over `[0, size)` " +
     "(a file) or one `fallocate(PUNCH_HOLE)` / `BLKZEROOUT` (a device that offloads " +
     "write-zeroes, like a loop device), then only the non-zero quanta are written.",
