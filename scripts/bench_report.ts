@@ -241,10 +241,12 @@ if (disk.length) {
       `directory (${meta.dev || "–"}): write requests completed, and the time the disk was busy ` +
       "(`io_ticks`: milliseconds with at least one request in flight). Medians of the counted " +
       "runs. *Floor* = sparse_dd's disk-busy time ÷ the fastest peer's wall time: the ratio " +
-      "sparse_dd would reach if it took no time at all outside the disk's own work (start-up, " +
-      "reading, scanning, and every gap between requests). Where the floor is above the target, " +
-      "no copier that issues sparse_dd's writes can meet it on this disk; the ways to a lower " +
-      "floor are fewer or cheaper device requests (see below).",
+      "sparse_dd would reach, delivering its writes as it does, if it took no time at all " +
+      "outside the disk's work (start-up, reading, scanning, gaps between requests). The busy " +
+      "time is not a constant of the data: it depends on how the writes reach the disk (compare " +
+      "the tools in each scenario's table: one flush of everything at the end keeps the disk " +
+      "busy for less time than a steady stream, but nothing overlaps it), so a different " +
+      "delivery can lower the floor.",
   );
   md.push("");
   md.push(
@@ -275,7 +277,8 @@ md.push(
     "copier's thread, is the limit).",
   "- Tried since, and kept out because they measured no better or worse (interleaved runs on " +
     "this disk): 8 MiB kicks with 128–512 MiB of data in flight (S2a within noise, S1 0.42 → " +
-    "0.73 s: the long writeback tail); two Deno workers each copying half the disk, as nbdcopy's " +
+    "0.73 s: the long writeback tail); smaller kicks, down to one per write as nbdcopy does " +
+    "(0.25–1 MiB: 5–25% slower, a thread-pool call each); two Deno workers each copying half the disk, as nbdcopy's " +
     "threads do (equal to one thread: the disk is busy the same ~0.6 s either way); `fallocate` " +
     "of each data run then O_DIRECT writes (each `fallocate` waits for the direct writes in " +
     "flight, 1.2 s); O_DIRECT into holes (1.9–2.1 s); on S2b, punching the destination in " +
