@@ -1,5 +1,5 @@
 import { match, ok, strictEqual } from "node:assert/strict";
-import { readMachineStream, ROOT, sameBytes, withTempDir, XAPI_PATH } from "./helpers.ts";
+import { readMachineStream, ROOT, sameBytes, withTempDir, xapiCommand } from "./helpers.ts";
 
 Deno.test("scripts/build.sh always produces a bundle that runs as xapi runs sparse_dd", async () => {
   const build = await new Deno.Command("bash", {
@@ -26,14 +26,10 @@ Deno.test("scripts/build.sh always produces a bundle that runs as xapi runs spar
     const [cmd, ...pre] = binary
       ? [`${ROOT}/dist/sparse_dd`]
       : [Deno.execPath(), "run", "-A", "--quiet", bundle];
-    const out = await new Deno.Command(cmd, {
-      args: [...pre, "-machine", "-src", src, "-dest", `${dir}/dst.raw`, "-size", String(16 << 20)],
-      clearEnv: true,
-      env: { PATH: XAPI_PATH },
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
+    const out = await xapiCommand(
+      cmd,
+      [...pre, "-machine", "-src", src, "-dest", `${dir}/dst.raw`, "-size", String(16 << 20)],
+    ).output();
     strictEqual(out.code, 0, new TextDecoder().decode(out.stderr));
     ok(readMachineStream(out.stdout).ended);
     ok(await sameBytes(src, `${dir}/dst.raw`));

@@ -570,6 +570,23 @@ async function rdevOf(path: string): Promise<{ major: number; minor: number }> {
   return decodeRdev((await Deno.stat(path)).rdev!);
 }
 
+/**
+ * Runs `body` with a {@linkcode vhdFixture} in a fresh directory and a loop device over its raw
+ * image: the device a tapdisk would present for that VHD.
+ */
+async function withFixtureDevice(
+  body: (
+    dir: string,
+    f: { vhd: string; raw: string; size: number },
+    dev: { major: number; minor: number },
+  ) => Promise<void>,
+): Promise<void> {
+  await withTempDir(async (dir) => {
+    const f = await vhdFixture(dir);
+    await withLoop(f.raw, async (loop) => await body(dir, f, await rdevOf(loop)));
+  });
+}
+
 interface CopyRun {
   code: number;
   stderr: string;
@@ -605,33 +622,29 @@ async function copyWith(
 }
 
 Deno.test("sparse_dd copies a tapdev device reading only its VHD's allocated blocks", async () => {
-  await withTempDir(async (dir) => {
-    const f = await vhdFixture(dir);
-    await withLoop(f.raw, async (loop) => {
-      const { major, minor } = await rdevOf(loop);
-      const h = await fakeHost(
-        dir,
-        `Block devices:\n${major} tapdev\n`,
-        `tapdisk 4242 ${minor} 0 vhd:${f.vhd}\n`,
-      );
-      const tapdev = await mknod(`${h.dev}/tapdev${minor}`, major, minor);
-      const out = `${dir}/out.raw`;
-      const r = await copyWith(["-src", tapdev, "-size", String(f.size), ...h.flags], out);
-      strictEqual(r.code, 0, r.stderr);
-      ok(r.stderr.includes(`auto-detect src vhd: ${f.vhd}\n`), r.stderr);
-      ok(r.stderr.includes("auto-detect: route tapdev"), r.stderr);
-      ok(await sameBytes(out, f.raw), "copy differs from the device");
-      strictEqual(r.stats.allocation, "vhd");
-      deepStrictEqual(r.stats.discovery, {
-        route: "tapdev",
-        vhd: f.vhd,
-        raw: null,
-        nbd: null,
-        reason: null,
-      });
-      ok(r.stats.bytesRead <= VHD_ALLOCATED, `read ${r.stats.bytesRead}`);
-      ok(r.stats.bytesRead < f.size);
+  await withFixtureDevice(async (dir, f, { major, minor }) => {
+    const h = await fakeHost(
+      dir,
+      `Block devices:\n${major} tapdev\n`,
+      `tapdisk 4242 ${minor} 0 vhd:${f.vhd}\n`,
+    );
+    const tapdev = await mknod(`${h.dev}/tapdev${minor}`, major, minor);
+    const out = `${dir}/out.raw`;
+    const r = await copyWith(["-src", tapdev, "-size", String(f.size), ...h.flags], out);
+    strictEqual(r.code, 0, r.stderr);
+    ok(r.stderr.includes(`auto-detect src vhd: ${f.vhd}\n`), r.stderr);
+    ok(r.stderr.includes("auto-detect: route tapdev"), r.stderr);
+    ok(await sameBytes(out, f.raw), "copy differs from the device");
+    strictEqual(r.stats.allocation, "vhd");
+    deepStrictEqual(r.stats.discovery, {
+      route: "tapdev",
+      vhd: f.vhd,
+      raw: null,
+      nbd: null,
+      reason: null,
     });
+    ok(r.stats.bytesRead <= VHD_ALLOCATED, `read ${r.stats.bytesRead}`);
+    ok(r.stats.bytesRead < f.size);
   });
 });
 
@@ -661,65 +674,57 @@ Deno.test("sparse_dd reads the allocation of a VHD kept on a block device (LVHD-
 });
 
 Deno.test("sparse_dd copies a /dev/nbdN served by a tapdisk using its VHD's allocation", async () => {
-  await withTempDir(async (dir) => {
-    const f = await vhdFixture(dir);
-    await withLoop(f.raw, async (loop) => {
-      const { major, minor } = await rdevOf(loop);
-      // The loop major plays NBD's part: /proc/devices names it nbd.
-      const h = await fakeHost(
-        dir,
-        `Block devices:\n${major} nbd\n`,
-        `tapdisk 4243 3 0 vhd:${dir}/wrong.vhd\ntapdisk 4242 3 0 vhd:${f.vhd}\n`,
+  await withFixtureDevice(async (dir, f, { major, minor }) => {
+    // The loop major plays NBD's part: /proc/devices names it nbd.
+    const h = await fakeHost(
+      dir,
+      `Block devices:\n${major} nbd\n`,
+      `tapdisk 4243 3 0 vhd:${dir}/wrong.vhd\ntapdisk 4242 3 0 vhd:${f.vhd}\n`,
+    );
+    await Deno.mkdir(`${dir}/blktap-control`);
+    const listener = Deno.listen({ transport: "unix", path: `${dir}/blktap-control/nbd4242.3` });
+    try {
+      await Deno.symlink(`${dir}/blktap-control/nbd4242.3`, `${dir}/vdi-uuid`);
+      await Deno.writeTextFile(
+        `${h.run}/nonpersistent/nbd/6`,
+        JSON.stringify({ path: `${dir}/vdi-uuid`, exportname: "vdi-uuid" }),
       );
-      await Deno.mkdir(`${dir}/blktap-control`);
-      const listener = Deno.listen({ transport: "unix", path: `${dir}/blktap-control/nbd4242.3` });
-      try {
-        await Deno.symlink(`${dir}/blktap-control/nbd4242.3`, `${dir}/vdi-uuid`);
-        await Deno.writeTextFile(
-          `${h.run}/nonpersistent/nbd/6`,
-          JSON.stringify({ path: `${dir}/vdi-uuid`, exportname: "vdi-uuid" }),
-        );
-        const nbd = await mknod(`${h.dev}/nbd6`, major, minor);
-        const out = `${dir}/out.raw`;
-        const r = await copyWith(["-src", nbd, "-json", ...h.flags], out);
-        strictEqual(r.code, 0, r.stderr);
-        ok(r.stderr.includes(`auto-detect src vhd: ${f.vhd}\n`), r.stderr);
-        strictEqual(await h.tapCtlLog(), "list -p 4242 -m 3\n");
-        ok(await sameBytes(out, f.raw), "copy differs from the device");
-        strictEqual(r.stats.discovery?.route, "nbd");
-        ok(r.stats.bytesRead <= VHD_ALLOCATED, `read ${r.stats.bytesRead}`);
-      } finally {
-        listener.close();
-      }
-    });
+      const nbd = await mknod(`${h.dev}/nbd6`, major, minor);
+      const out = `${dir}/out.raw`;
+      const r = await copyWith(["-src", nbd, "-json", ...h.flags], out);
+      strictEqual(r.code, 0, r.stderr);
+      ok(r.stderr.includes(`auto-detect src vhd: ${f.vhd}\n`), r.stderr);
+      strictEqual(await h.tapCtlLog(), "list -p 4242 -m 3\n");
+      ok(await sameBytes(out, f.raw), "copy differs from the device");
+      strictEqual(r.stats.discovery?.route, "nbd");
+      ok(r.stats.bytesRead <= VHD_ALLOCATED, `read ${r.stats.bytesRead}`);
+    } finally {
+      listener.close();
+    }
   });
 });
 
 Deno.test("sparse_dd copies a blkfront disk through xenstore, tapdev and the VHD (real xenstored)", async () => {
   const xs = await startXenstored();
   try {
-    await withTempDir(async (dir) => {
-      const f = await vhdFixture(dir);
-      await withLoop(f.raw, async (loop) => {
-        const { major, minor } = await rdevOf(loop);
-        // The guest's disk is the loop device; its backend is a tapdev of a made-up major.
-        const h = await fakeHost(
-          dir,
-          `Block devices:\n${major} loop\n240 tapdev\n`,
-          `tapdisk 77 9 0 vhd:${f.vhd}\n`,
-        );
-        await vbdKeys(xs, 0, await mknod(`${h.dev}/tapdev9`, 240, 9));
-        await fakeBlkfront(h.sys, major, minor, "../../../vbd-51712");
-        const xvda = await mknod(`${h.dev}/xvda`, major, minor);
-        const out = `${dir}/out.raw`;
-        const r = await copyWith(["-src", xvda, ...h.flags], out, xs.env);
-        strictEqual(r.code, 0, r.stderr);
-        ok(r.stderr.includes(`auto-detect src vhd: ${f.vhd}\n`), r.stderr);
-        ok(await sameBytes(out, f.raw), "copy differs from the device");
-        strictEqual(r.stats.discovery?.route, "blkfront+tapdev");
-        strictEqual(r.stats.allocation, "vhd");
-        ok(r.stats.bytesRead <= VHD_ALLOCATED, `read ${r.stats.bytesRead}`);
-      });
+    await withFixtureDevice(async (dir, f, { major, minor }) => {
+      // The guest's disk is the loop device; its backend is a tapdev of a made-up major.
+      const h = await fakeHost(
+        dir,
+        `Block devices:\n${major} loop\n240 tapdev\n`,
+        `tapdisk 77 9 0 vhd:${f.vhd}\n`,
+      );
+      await vbdKeys(xs, 0, await mknod(`${h.dev}/tapdev9`, 240, 9));
+      await fakeBlkfront(h.sys, major, minor, "../../../vbd-51712");
+      const xvda = await mknod(`${h.dev}/xvda`, major, minor);
+      const out = `${dir}/out.raw`;
+      const r = await copyWith(["-src", xvda, ...h.flags], out, xs.env);
+      strictEqual(r.code, 0, r.stderr);
+      ok(r.stderr.includes(`auto-detect src vhd: ${f.vhd}\n`), r.stderr);
+      ok(await sameBytes(out, f.raw), "copy differs from the device");
+      strictEqual(r.stats.discovery?.route, "blkfront+tapdev");
+      strictEqual(r.stats.allocation, "vhd");
+      ok(r.stats.bytesRead <= VHD_ALLOCATED, `read ${r.stats.bytesRead}`);
     });
   } finally {
     await xs.stop();
@@ -727,124 +732,116 @@ Deno.test("sparse_dd copies a blkfront disk through xenstore, tapdev and the VHD
 });
 
 Deno.test("sparse_dd uses SEEK_DATA on the raw file behind an aio tapdisk", async () => {
-  await withTempDir(async (dir) => {
-    const f = await vhdFixture(dir);
-    await withLoop(f.raw, async (loop) => {
-      const { major, minor } = await rdevOf(loop);
-      const h = await fakeHost(dir, `${major} tapdev\n`, `tapdisk 1 ${minor} 0 aio:${f.raw}\n`);
-      const tapdev = await mknod(`${h.dev}/tapdev${minor}`, major, minor);
-      const out = `${dir}/out.raw`;
-      const r = await copyWith(["-src", tapdev, ...h.flags], out);
-      strictEqual(r.code, 0, r.stderr);
-      ok(r.stderr.includes("auto-detect src vhd: None\n"), r.stderr);
-      ok(r.stderr.includes(`auto-detect src raw: ${f.raw} (route tapdev)`), r.stderr);
-      ok(await sameBytes(out, f.raw));
-      strictEqual(r.stats.allocation, "raw-seek-data");
-      strictEqual(r.stats.discovery?.raw, f.raw);
-      // The raw conversion holds only the written data: 4 KiB + 64 KiB + 1 MiB.
-      ok(r.stats.bytesRead < 2 * MiB, `read ${r.stats.bytesRead}`);
-    });
+  await withFixtureDevice(async (dir, f, { major, minor }) => {
+    const h = await fakeHost(dir, `${major} tapdev\n`, `tapdisk 1 ${minor} 0 aio:${f.raw}\n`);
+    const tapdev = await mknod(`${h.dev}/tapdev${minor}`, major, minor);
+    const out = `${dir}/out.raw`;
+    const r = await copyWith(["-src", tapdev, ...h.flags], out);
+    strictEqual(r.code, 0, r.stderr);
+    ok(r.stderr.includes("auto-detect src vhd: None\n"), r.stderr);
+    ok(r.stderr.includes(`auto-detect src raw: ${f.raw} (route tapdev)`), r.stderr);
+    ok(await sameBytes(out, f.raw));
+    strictEqual(r.stats.allocation, "raw-seek-data");
+    strictEqual(r.stats.discovery?.raw, f.raw);
+    // The raw conversion holds only the written data: 4 KiB + 64 KiB + 1 MiB.
+    ok(r.stats.bytesRead < 2 * MiB, `read ${r.stats.bytesRead}`);
   });
 });
 
 Deno.test("sparse_dd falls back to a full, correct copy whenever discovery fails", async () => {
   const xs = await startXenstored();
   try {
-    await withTempDir(async (dir) => {
-      const f = await vhdFixture(dir);
+    await withFixtureDevice(async (dir, f, { major, minor }) => {
       // A VHD of another size: tap-ctl pointing at it must not be believed.
       const other = `${dir}/other.vhd`;
       await qemuCreateVhd(other, "8M");
-      await withLoop(f.raw, async (loop) => {
-        const { major, minor } = await rdevOf(loop);
-        const cases: {
-          name: string;
-          devices: string;
-          table: string;
-          keys?: number;
-          reason: RegExp;
-        }[] = [
-          {
-            name: "tap-ctl hangs",
-            devices: `${major} tapdev\n`,
-            table: "sleep 60\n",
-            reason: /no answer within 500 ms \(killed\)/,
-          },
-          {
-            name: "tap-ctl prints garbage",
-            devices: `${major} tapdev\n`,
-            table: `print *** glibc detected *** minor=${minor} vhd:${f.vhd}\nprint \x01\x02\n`,
-            reason: new RegExp(`tap-ctl list has no entry for minor ${minor}`),
-          },
-          {
-            name: "the VHD does not exist",
-            devices: `${major} tapdev\n`,
-            table: `tapdisk 1 ${minor} 0 vhd:${dir}/gone.vhd\n`,
-            reason: new RegExp(`cannot read VHD ${dir}/gone.vhd`),
-          },
-          {
-            name: "the VHD is another disk",
-            devices: `${major} tapdev\n`,
-            table: `tapdisk 1 ${minor} 0 vhd:${other}\n`,
-            reason: /holds 8388608 bytes but .* has 16777216: not the same disk/,
-          },
-          {
-            name: "xenstore keys missing",
-            devices: `${major} loop\n240 tapdev\n`,
-            table: `tapdisk 77 9 0 vhd:${f.vhd}\n`,
-            reason: /xenstore key device\/vbd\/51712\/backend does not exist/,
-          },
-          {
-            name: "backend in another domain",
-            devices: `${major} loop\n240 tapdev\n`,
-            table: `tapdisk 77 9 0 vhd:${f.vhd}\n`,
-            keys: 3,
-            reason: /backend is in domain 3, not ours \(0\)/,
-          },
-        ];
-        for (const [i, c] of cases.entries()) {
-          const h = await fakeHost(`${dir}/${i}`, c.devices, c.table);
-          await xs.rm("/local/domain").catch(() => {});
-          await xs.write({ "/local/domain/0/domid": "0" });
-          if (c.keys !== undefined) {
-            await vbdKeys(xs, c.keys, await mknod(`${h.dev}/tapdev9`, 240, 9));
-          }
-          await fakeBlkfront(h.sys, major, minor, "../../../vbd-51712");
-          const src = await mknod(`${h.dev}/disk`, major, minor);
-          const out = `${dir}/${i}/out.raw`;
-          const r = await copyWith(
-            ["-src", src, "-discovery-timeout", "0.5", ...h.flags],
-            out,
-            xs.env,
-          );
-          strictEqual(r.code, 0, `${c.name}: ${r.stderr}`);
-          ok(r.stderr.includes("auto-detect src vhd: None\n"), `${c.name}: ${r.stderr}`);
-          ok(c.reason.test(r.stderr), `${c.name}: ${r.stderr}`);
-          ok(await sameBytes(out, f.raw), `${c.name}: copy differs`);
-          strictEqual(r.stats.allocation, "none", c.name);
-          strictEqual(r.stats.bytesRead, f.size, `${c.name}: a full copy reads everything`);
-          ok(c.reason.test(r.stats.discovery?.reason ?? ""), c.name);
-
-          // The same with -require-vhd: a clear failure (exit 3), nothing copied.
-          const req = await runMain([
-            "-src",
-            src,
-            "-dest",
-            `${out}.req`,
-            "-require-vhd",
-            "-discovery-timeout",
-            "0.5",
-            ...h.flags,
-          ], { env: xs.env });
-          strictEqual(req.code, 3, `${c.name}: ${req.stderr}`);
-          ok(
-            req.stderr.startsWith(`sparse_dd: -require-vhd: no VHD found behind ${src}: `),
-            `${c.name}: ${req.stderr}`,
-          );
-          ok(c.reason.test(req.stderr), `${c.name}: ${req.stderr}`);
-          strictEqual(req.stderr.trim().split("\n").length, 1, `${c.name}: one line`);
+      const cases: {
+        name: string;
+        devices: string;
+        table: string;
+        keys?: number;
+        reason: RegExp;
+      }[] = [
+        {
+          name: "tap-ctl hangs",
+          devices: `${major} tapdev\n`,
+          table: "sleep 60\n",
+          reason: /no answer within 500 ms \(killed\)/,
+        },
+        {
+          name: "tap-ctl prints garbage",
+          devices: `${major} tapdev\n`,
+          table: `print *** glibc detected *** minor=${minor} vhd:${f.vhd}\nprint \x01\x02\n`,
+          reason: new RegExp(`tap-ctl list has no entry for minor ${minor}`),
+        },
+        {
+          name: "the VHD does not exist",
+          devices: `${major} tapdev\n`,
+          table: `tapdisk 1 ${minor} 0 vhd:${dir}/gone.vhd\n`,
+          reason: new RegExp(`cannot read VHD ${dir}/gone.vhd`),
+        },
+        {
+          name: "the VHD is another disk",
+          devices: `${major} tapdev\n`,
+          table: `tapdisk 1 ${minor} 0 vhd:${other}\n`,
+          reason: /holds 8388608 bytes but .* has 16777216: not the same disk/,
+        },
+        {
+          name: "xenstore keys missing",
+          devices: `${major} loop\n240 tapdev\n`,
+          table: `tapdisk 77 9 0 vhd:${f.vhd}\n`,
+          reason: /xenstore key device\/vbd\/51712\/backend does not exist/,
+        },
+        {
+          name: "backend in another domain",
+          devices: `${major} loop\n240 tapdev\n`,
+          table: `tapdisk 77 9 0 vhd:${f.vhd}\n`,
+          keys: 3,
+          reason: /backend is in domain 3, not ours \(0\)/,
+        },
+      ];
+      for (const [i, c] of cases.entries()) {
+        const h = await fakeHost(`${dir}/${i}`, c.devices, c.table);
+        await xs.rm("/local/domain").catch(() => {});
+        await xs.write({ "/local/domain/0/domid": "0" });
+        if (c.keys !== undefined) {
+          await vbdKeys(xs, c.keys, await mknod(`${h.dev}/tapdev9`, 240, 9));
         }
-      });
+        await fakeBlkfront(h.sys, major, minor, "../../../vbd-51712");
+        const src = await mknod(`${h.dev}/disk`, major, minor);
+        const out = `${dir}/${i}/out.raw`;
+        const r = await copyWith(
+          ["-src", src, "-discovery-timeout", "0.5", ...h.flags],
+          out,
+          xs.env,
+        );
+        strictEqual(r.code, 0, `${c.name}: ${r.stderr}`);
+        ok(r.stderr.includes("auto-detect src vhd: None\n"), `${c.name}: ${r.stderr}`);
+        ok(c.reason.test(r.stderr), `${c.name}: ${r.stderr}`);
+        ok(await sameBytes(out, f.raw), `${c.name}: copy differs`);
+        strictEqual(r.stats.allocation, "none", c.name);
+        strictEqual(r.stats.bytesRead, f.size, `${c.name}: a full copy reads everything`);
+        ok(c.reason.test(r.stats.discovery?.reason ?? ""), c.name);
+
+        // The same with -require-vhd: a clear failure (exit 3), nothing copied.
+        const req = await runMain([
+          "-src",
+          src,
+          "-dest",
+          `${out}.req`,
+          "-require-vhd",
+          "-discovery-timeout",
+          "0.5",
+          ...h.flags,
+        ], { env: xs.env });
+        strictEqual(req.code, 3, `${c.name}: ${req.stderr}`);
+        ok(
+          req.stderr.startsWith(`sparse_dd: -require-vhd: no VHD found behind ${src}: `),
+          `${c.name}: ${req.stderr}`,
+        );
+        ok(c.reason.test(req.stderr), `${c.name}: ${req.stderr}`);
+        strictEqual(req.stderr.trim().split("\n").length, 1, `${c.name}: one line`);
+      }
     });
   } finally {
     await xs.stop();
@@ -852,32 +849,28 @@ Deno.test("sparse_dd falls back to a full, correct copy whenever discovery fails
 });
 
 Deno.test("-machine keeps stdout to framed progress; auto-detect goes to stderr", async () => {
-  await withTempDir(async (dir) => {
-    const f = await vhdFixture(dir);
-    await withLoop(f.raw, async (loop) => {
-      const { major, minor } = await rdevOf(loop);
-      const h = await fakeHost(dir, `${major} tapdev\n`, `tapdisk 1 ${minor} 0 vhd:${f.vhd}\n`);
-      const tapdev = await mknod(`${h.dev}/tapdev${minor}`, major, minor);
-      const r = await runMain([
-        "-machine",
-        "-src",
-        tapdev,
-        "-dest",
-        `${dir}/out.raw`,
-        "-size",
-        String(f.size),
-        "-require-vhd",
-        "-json",
-        ...h.flags,
-      ]);
-      strictEqual(r.code, 0, r.stderr);
-      const stream = readMachineStream(r.stdout);
-      ok(stream.ended && stream.trailing === 0, "only framed records on stdout");
-      ok(r.stderr.includes(`auto-detect src vhd: ${f.vhd}\n`), r.stderr);
-      const json = JSON.parse(r.stderr.split("\n").find((l) => l.startsWith("{"))!);
-      strictEqual(json.discovery.vhd, f.vhd);
-      ok(await sameBytes(`${dir}/out.raw`, f.raw));
-    });
+  await withFixtureDevice(async (dir, f, { major, minor }) => {
+    const h = await fakeHost(dir, `${major} tapdev\n`, `tapdisk 1 ${minor} 0 vhd:${f.vhd}\n`);
+    const tapdev = await mknod(`${h.dev}/tapdev${minor}`, major, minor);
+    const r = await runMain([
+      "-machine",
+      "-src",
+      tapdev,
+      "-dest",
+      `${dir}/out.raw`,
+      "-size",
+      String(f.size),
+      "-require-vhd",
+      "-json",
+      ...h.flags,
+    ]);
+    strictEqual(r.code, 0, r.stderr);
+    const stream = readMachineStream(r.stdout);
+    ok(stream.ended && stream.trailing === 0, "only framed records on stdout");
+    ok(r.stderr.includes(`auto-detect src vhd: ${f.vhd}\n`), r.stderr);
+    const json = JSON.parse(r.stderr.split("\n").find((l) => l.startsWith("{"))!);
+    strictEqual(json.discovery.vhd, f.vhd);
+    ok(await sameBytes(`${dir}/out.raw`, f.raw));
   });
 });
 

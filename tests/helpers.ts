@@ -31,13 +31,17 @@ export interface RunOptions {
 }
 
 /**
- * The argv that runs sparse_dd from source (`deno run -A main.ts`), as the compiled binary would
- * run: same permissions, no HOME, no stdin.
+ * A command for `program` run as xapi runs its helpers: only `PATH` in the environment (unless
+ * `xapiEnv` is false), no stdin, output collected.
  */
-export function mainCommand(args: string[], options: RunOptions = {}): Deno.Command {
+export function xapiCommand(
+  program: string,
+  args: string[],
+  options: RunOptions = {},
+): Deno.Command {
   const xapiEnv = options.xapiEnv ?? true;
-  return new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "--quiet", "--no-lock", MAIN, ...args],
+  return new Deno.Command(program, {
+    args,
     clearEnv: xapiEnv,
     env: { ...(xapiEnv ? { PATH: XAPI_PATH } : {}), ...options.env },
     stdin: "null",
@@ -45,6 +49,18 @@ export function mainCommand(args: string[], options: RunOptions = {}): Deno.Comm
     stderr: "piped",
     signal: AbortSignal.timeout(options.timeoutMs ?? 600_000),
   });
+}
+
+/**
+ * The argv that runs sparse_dd from source (`deno run -A main.ts`), as the compiled binary would
+ * run: same permissions, no HOME, no stdin.
+ */
+export function mainCommand(args: string[], options: RunOptions = {}): Deno.Command {
+  return xapiCommand(
+    Deno.execPath(),
+    ["run", "-A", "--quiet", "--no-lock", MAIN, ...args],
+    options,
+  );
 }
 
 /** Runs sparse_dd with `args` and collects its output. */

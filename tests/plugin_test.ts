@@ -12,7 +12,7 @@ import { handleRequest } from "../plugin/main.ts";
 import { type OpState, OpStore } from "../plugin/ops.ts";
 import { RecordReader } from "../plugin/child.ts";
 import type { PluginConfig } from "../plugin/config.ts";
-import { MAIN, ROOT, sameBytes, sh, withLoop, withTempDir, XAPI_PATH } from "./helpers.ts";
+import { MAIN, ROOT, sameBytes, sh, withLoop, withTempDir, xapiCommand } from "./helpers.ts";
 
 const PYTHON = "/usr/bin/python3";
 
@@ -127,15 +127,8 @@ async function plugin(argv1: string | undefined, opts: RunOpts = {}): Promise<An
   const argv = opts.cgroup
     ? ["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', opts.cgroup, ...inner]
     : inner;
-  const out = await new Deno.Command(argv[0], {
-    args: argv.slice(1),
-    clearEnv: true,
-    env: { PATH: XAPI_PATH, ...opts.env },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-    signal: AbortSignal.timeout(300_000),
-  }).output();
+  const out = await xapiCommand(argv[0], argv.slice(1), { env: opts.env, timeoutMs: 300_000 })
+    .output();
   const stdout = new TextDecoder().decode(out.stdout);
   const stderr = new TextDecoder().decode(out.stderr);
   strictEqual(out.code, 0, `the plugin exited ${out.code}; stderr: ${stderr}`);
@@ -889,14 +882,7 @@ Deno.test("scripts/install.sh installs the binary and a thin plugin that runs it
     assert(thinText.startsWith("#!/bin/sh\n"), thinText);
     assert(thinText.includes('exec /opt/xensource/libexec/sparse_dd --xapi-plugin "$1"'), thinText);
     // The installed program answers as a plugin with only PATH in its environment.
-    const out = await new Deno.Command(bin, {
-      args: ["--xapi-plugin", xapiForm("version", {})],
-      clearEnv: true,
-      env: { PATH: XAPI_PATH },
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
+    const out = await xapiCommand(bin, ["--xapi-plugin", xapiForm("version", {})]).output();
     strictEqual(out.code, 0, new TextDecoder().decode(out.stderr));
     strictEqual(
       expectSuccess(await readAnswer(new TextDecoder().decode(out.stdout), "")),
