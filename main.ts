@@ -11,9 +11,19 @@
  */
 
 import { main } from "./src/cli.ts";
+import { LANE_WORKER_NAME, serveLane } from "./src/lane.ts";
 import { isPluginInvocation, pluginMain } from "./plugin/main.ts";
 
-if (import.meta.main) {
+if (
+  (globalThis as { name?: string }).name === LANE_WORKER_NAME && "WorkerGlobalScope" in globalThis
+) {
+  // A copy thread started by this program (src/lane.ts).
+  serveLane();
+} else if (import.meta.main) {
   // `sparse_dd --xapi-plugin <methodCall>`: the XAPI host plugin (see plugin/main.ts).
-  Deno.exit(isPluginInvocation(Deno.args) ? await pluginMain(Deno.args) : await main(Deno.args));
+  Deno.exit(
+    isPluginInvocation(Deno.args)
+      ? await pluginMain(Deno.args)
+      : await main(Deno.args, { laneWorker: import.meta.url }),
+  );
 }

@@ -260,11 +260,22 @@ md.push("## How sparse_dd does it (what these numbers measure)");
 md.push("");
 md.push(
   "- Raw sources: `SEEK_DATA`/`SEEK_HOLE` through FFI lists the data extents; only those are " +
-    "read, in 2 MiB requests, four ahead on Deno's thread pool (non-blocking FFI `pread`), into " +
-    "page-aligned buffers that live in WebAssembly memory.",
-  "- Zero scanning: a hand-written WebAssembly SIMD scanner reads those buffers in place " +
-    "(`deno bench -A tests/zeroscan_bench.ts`: ~40 GB/s on this machine, 4× a `Uint32Array` " +
-    "loop); only the 16 KiB quanta holding data are written to a destination known to be zero.",
+    "read, 2 MiB at a time, four ahead. A regular file read through the page cache is not " +
+    "copied: its pages are mapped (`mmap`), faulted in ahead on Deno's thread pool " +
+    "(`MADV_POPULATE_READ`, which reports an I/O error instead of raising SIGBUS), scanned with " +
+    "libc's `memcmp` and written from the mapping; used pages are dropped from it in batches " +
+    "(RSS stays bounded). Devices, VHDs and `-unbuffered true` read with non-blocking FFI " +
+    "`pread` into page-aligned buffers in WebAssembly memory.",
+  "- Zero scanning: in WebAssembly memory, a hand-written WebAssembly SIMD scanner reads the " +
+    "buffers in place (`deno bench -A tests/zeroscan_bench.ts`: ~40 GB/s on this machine, 4× a " +
+    "`Uint32Array` loop); mapped pages, which WebAssembly cannot reach, are compared with zeroes " +
+    "by libc's `memcmp`. Only the 16 KiB quanta holding data are written to a destination known " +
+    "to be zero.",
+  "- Threads (`-threads`, default 2 here): between local disks, each thread (a Deno Worker " +
+    "running the same program, with disks of its own) copies the 32 MiB segments it claims from " +
+    "a shared counter. The second thread starts after the first 16 MiB of work (creating a " +
+    "Worker holds the calling thread ~20 ms). On a warm cache a single thread was bound by the " +
+    "kernel's work for it (page-cache copies, block allocation, writeback), not by the disk.",
   "- Writing (default, `-unbuffered` unset): to a block device, O_DIRECT with four writes in " +
     "flight (S4; 2.4× faster than through the page cache). To a file: buffered `pwrite` done in " +
     "place on the copier's " +
@@ -273,18 +284,21 @@ md.push(
     "`fdatasync` at the end. Measured while building it, timed until durable: O_DIRECT writes " +
     "into a new ext4 file were ~30% slower (they serialise on the inode lock, whatever the queue " +
     "depth, also through Linux AIO), buffered writes with one `fdatasync` at the end 3–4× slower, " +
-    "and moving the writes to a worker thread gained nothing (the kernel's write path, not the " +
-    "copier's thread, is the limit).",
+    "and moving only the writes to another thread gained nothing (each hand-off to Deno's " +
+    "thread pool costs the calling thread tens of microseconds).",
   "- Tried since, and kept out because they measured no better or worse (interleaved runs on " +
     "this disk): 8 MiB kicks with 128–512 MiB of data in flight (S2a within noise, S1 0.42 → " +
     "0.73 s: the long writeback tail); smaller kicks, down to one per write as nbdcopy does " +
-    "(0.25–1 MiB: 5–25% slower, a thread-pool call each); two Deno workers each copying half the disk, as nbdcopy's " +
-    "threads do (equal to one thread: the disk is busy the same ~0.6 s either way); `fallocate` " +
+    "(0.25–1 MiB: 5–25% slower, a thread-pool call each); `fallocate` " +
     "of each data run then O_DIRECT writes (each `fallocate` waits for the direct writes in " +
     "flight, 1.2 s); O_DIRECT into holes (1.9–2.1 s); on S2b, punching the destination in " +
     "64–256 MiB pieces just ahead of the writes (no better: the punch holds the inode lock while " +
     "it waits for the disk's discard) and overwriting data in place while punching only the zero " +
-    "runs (2.5 s: thousands of small discards).",
+    "runs (2.5 s: thousands of small discards); for mapped sources, one mapping per 2 MiB " +
+    "request (each `munmap` flushes the TLB of every CPU the process runs on, and each " +
+    "ArrayBuffer over outside memory counts towards V8's external memory: a full garbage " +
+    "collection every few dozen requests) and one thread-pool call per request to fault pages " +
+    "in (a non-blocking FFI call costs the calling thread ~45 µs).",
   "- Overwriting a destination that is not known to be zero: one hole punched over `[0, size)` " +
     "(a file) or one `fallocate(PUNCH_HOLE)` / `BLKZEROOUT` (a device that offloads " +
     "write-zeroes, like a loop device), then only the non-zero quanta are written.",

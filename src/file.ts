@@ -25,7 +25,7 @@
  * @module
  */
 
-import { type Disk, DiskError, type DiskOp } from "./disk.ts";
+import { type Disk, DiskError, type DiskOp, type DiskView } from "./disk.ts";
 import { type Extent, ExtentSet } from "./extent.ts";
 import {
   EINVAL,
@@ -45,6 +45,7 @@ import {
   SYNC_FILE_RANGE_WAIT_BEFORE,
   SYNC_FILE_RANGE_WRITE,
 } from "./libc.ts";
+import { MappedFile } from "./mapping.ts";
 
 /** How to open a {@linkcode FileDisk}. */
 export interface FileOpenOptions {
@@ -76,6 +77,8 @@ interface Backend {
   truncate(size: number): Promise<void>;
   read(offset: number, buf: Uint8Array): Promise<void>;
   write(offset: number, buf: Uint8Array): Promise<void>;
+  /** Absent when bytes cannot be lent without copying. */
+  view?(offset: number, length: number, until?: number): Promise<DiskView | undefined>;
   /** Absent when there is no cheaper way than writing zeroes. */
   zero?(offset: number, length: number): Promise<void>;
   extents?(size: number): Extent[] | undefined;
@@ -188,9 +191,18 @@ class FdBackend implements Backend {
     readonly isBlock: boolean,
     /** Buffered writes are pushed to the device as they go (see {@linkcode Writeback}). */
     readonly writeback: Writeback | undefined,
+    /** Lends pages by mapping them (a regular file read through the page cache). */
+    readonly mapped: MappedFile | undefined,
   ) {
     this.#sector = isBlock ? safe(() => c.blkSectorSize(fd), 512) : 512;
+    if (mapped) this.view = (offset, length, until) => mapped.view(offset, length, until);
   }
+
+  readonly view?: (
+    offset: number,
+    length: number,
+    until?: number,
+  ) => Promise<DiskView | undefined>;
 
   get direct(): boolean {
     return this.directFd !== undefined;
@@ -326,6 +338,7 @@ class FdBackend implements Backend {
   }
 
   close(): void {
+    this.mapped?.close();
     if (this.directFd !== undefined) safe(() => this.c.close(this.directFd!), undefined);
     this.c.close(this.fd);
   }
@@ -435,6 +448,15 @@ export class FileDisk implements Disk {
    */
   readonly zeroIsCheap: boolean;
   /**
+   * Present on a regular file read through the page cache: its pages are lent by mapping them,
+   * not copied (see {@linkcode Disk.view}).
+   */
+  readonly view?: (
+    offset: number,
+    length: number,
+    until?: number,
+  ) => Promise<DiskView | undefined>;
+  /**
    * Writes the copier keeps in flight: several with `O_DIRECT` (each waits for the device, which
    * serves them in parallel), else one (a buffered write is a copy done in place, and writeback
    * is paced by {@linkcode Writeback}).
@@ -462,6 +484,11 @@ export class FileDisk implements Disk {
         });
     }
     this.zeroIsCheap = this.zero !== undefined && (!isBlockDevice || zeroOffloaded);
+    const lend = backend.view?.bind(backend);
+    // A failure to map is not an error: the caller reads instead and reports what that says.
+    if (lend) {
+      this.view = (offset, length, until) => lend(offset, length, until).catch(() => undefined);
+    }
     this.writeQueueDepth = writable ? backend.queueDepth : 1;
   }
 
@@ -598,7 +625,11 @@ function openBackend(
     ? new Writeback(c, fd)
     : undefined;
   // 4096 satisfies every logical block size in use (512 and 4096).
-  return new FdBackend(c, fd, directFd, 4096, isBlock, writeback);
+  // A regular file read through the page cache lends its pages instead of copying them.
+  const mapped = !write && !isBlock && directFd === undefined
+    ? new MappedFile(c, fd, c.size(fd))
+    : undefined;
+  return new FdBackend(c, fd, directFd, 4096, isBlock, writeback, mapped);
 }
 
 /** Walks SEEK_DATA/SEEK_HOLE on an open descriptor; `undefined` where unsupported. */

@@ -79,6 +79,9 @@ export function planWork(plan: Plan): number {
 /** One step of a plan: read-and-write `data`, or make `zero`. */
 export interface Step extends Extent {
   kind: "data" | "zero";
+  /** Data steps: where the contiguous data this step is part of ends (the copier reads on to
+   * there, so a source may prepare that much at once). */
+  until?: number;
 }
 
 /**
@@ -87,17 +90,62 @@ export interface Step extends Extent {
  * back in one pass (the seed wiped first and copied second: two passes over the disk).
  */
 export function* planSteps(plan: Plan, chunk: number, zeroChunk: number = chunk): Generator<Step> {
-  const data = plan.data.chunks(chunk);
+  const data = dataSteps(plan.data, chunk);
   const zero = plan.zero.chunks(zeroChunk);
   let d = data.next();
   let z = zero.next();
   while (!d.done || !z.done) {
     if (z.done || (!d.done && d.value.start < z.value.start)) {
-      yield { kind: "data", start: d.value.start, length: d.value.length };
+      yield d.value;
       d = data.next();
     } else {
       yield { kind: "zero", start: z.value.start, length: z.value.length };
       z = zero.next();
     }
+  }
+}
+
+/** The data steps: each extent cut at multiples of `chunk`, knowing where its extent ends. */
+function* dataSteps(data: ExtentSet, chunk: number): Generator<Step> {
+  if (!(chunk > 0)) throw new RangeError(`chunk size must be positive: ${chunk}`);
+  for (const e of data.extents) {
+    const until = e.start + e.length;
+    for (let at = e.start; at < until;) {
+      const next = Math.min(until, (Math.floor(at / chunk) + 1) * chunk);
+      yield { kind: "data", start: at, length: next - at, until };
+      at = next;
+    }
+  }
+}
+
+/**
+ * The steps of the segments this thread claims: `segment` bytes each, step `s` belonging to
+ * segment `floor(s.start / segment)`. `claim` hands out segment indices in increasing order
+ * (a counter shared by several threads); every thread walks all steps and keeps those of its
+ * segments, so each step is done by exactly one thread.
+ *
+ * @example
+ * ```ts
+ * import { claimedSteps, planCopy, planSteps } from "./plan.ts";
+ * let next = 0;
+ * const claim = () => (next < 4 ? next++ : undefined);
+ * const plan = planCopy({ size: 4 << 20, prezeroed: false });
+ * [...claimedSteps(planSteps(plan, 1 << 20), 2 << 20, claim)].length; // 4: this thread took all
+ * ```
+ */
+export function* claimedSteps(
+  steps: Iterable<Step>,
+  segment: number,
+  claim: () => number | undefined,
+): Generator<Step> {
+  let mine = claim();
+  if (mine === undefined) return;
+  for (const step of steps) {
+    const at = Math.floor(step.start / segment);
+    while (at > mine) {
+      mine = claim();
+      if (mine === undefined) return;
+    }
+    if (at === mine) yield step;
   }
 }

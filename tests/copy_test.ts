@@ -1,6 +1,16 @@
 import { Buffer } from "node:buffer";
 import { deepStrictEqual, ok, rejects, strictEqual } from "node:assert/strict";
-import { copy, CopyAborted, type CopyStats } from "../src/copy.ts";
+import {
+  addCounts,
+  copy,
+  CopyAborted,
+  type CopyStats,
+  type Lanes,
+  noCounts,
+  runSteps,
+  type StepCounts,
+} from "../src/copy.ts";
+import { type Plan, planCopy, planWork } from "../src/plan.ts";
 import { type Disk, DiskError, MemoryDisk } from "../src/disk.ts";
 import { type Extent, ExtentSet } from "../src/extent.ts";
 import { Prng } from "./prng.ts";
@@ -365,4 +375,200 @@ Deno.test("several reads and writes in flight still land every byte once, in any
     ok(Buffer.from(inner.data).equals(Buffer.from(data)), `seed ${seed}`);
     for (let i = 1; i < seen.length; i++) ok(seen[i] >= seen[i - 1], `seed ${seed}: progress`);
   }
+});
+
+/**
+ * Lanes in this thread: `count` more runs of the copier's steps over the same disks, claiming
+ * segments from one counter, interleaved by their awaits (the contract lane.ts keeps with
+ * Workers).
+ */
+function inThreadLanes(
+  src: Disk,
+  dst: Disk,
+  count: number,
+  segment: number,
+  options: { quantum: number; chunkSize: number; readAhead: number },
+  /** Every write by these lanes fails. */
+  failing = false,
+): Lanes & { claimed: number[] } {
+  let next = 0;
+  let stopped = false;
+  let ran = false;
+  const claimed: number[] = [];
+  const done = new Array(count).fill(0);
+  const claim = () => {
+    if (stopped) return undefined;
+    claimed.push(next);
+    return next++;
+  };
+  const signal = {
+    get aborted() {
+      return stopped;
+    },
+    reason: "stopped",
+  };
+  return {
+    segment,
+    startAfter: segment,
+    claimed,
+    claim,
+    progress: () => done.reduce((a, b) => a + b, 0),
+    started: () => (ran ? count : 0),
+    stop: () => {
+      stopped = true;
+    },
+    drain: () => {},
+    run(run: Plan): Promise<StepCounts> {
+      ran = true;
+      const lanes = Array.from({ length: count }, (_, i) => {
+        const d: Disk = !failing ? dst : {
+          name: dst.name,
+          size: dst.size,
+          write: () => Promise.reject(new Error("injected")),
+          read: (o, b) => dst.read(o, b),
+          flush: () => dst.flush(),
+          close: () => dst.close(),
+        };
+        return runSteps(src, d, run, { ...options, signal }, { segment, claim }, (n) => {
+          done[i] += n;
+        });
+      });
+      return Promise.allSettled(lanes).then((results) => {
+        const sum = noCounts();
+        for (const r of results) {
+          if (r.status === "rejected") throw r.reason;
+          addCounts(sum, r.value);
+        }
+        return sum;
+      });
+    },
+  };
+}
+
+Deno.test("300 seeded random disks copy identically when 1 to 4 lanes claim segments of the work", async () => {
+  let othersWork = 0;
+  for (let seed = 1; seed <= 300; seed++) {
+    const r = new Prng(seed);
+    const size = 4096 + r.int(200000);
+    const { data, allocation } = randomDisk(r, size);
+    const quantum = [16, 512, 4096][r.int(3)];
+    const options = { quantum, chunkSize: quantum * (1 + r.int(8)), readAhead: 1 + r.int(4) };
+    const prezeroed = r.chance(0.5);
+    const canZero = r.chance(0.5);
+    const fresh = () =>
+      prezeroed
+        ? new MemoryDisk(size, { canZero })
+        : new MemoryDisk(new Prng(seed + 7).fill(new Uint8Array(size)), { canZero });
+    const where = `seed ${seed} prezeroed=${prezeroed} canZero=${canZero}`;
+    const alone = fresh();
+    const single = await copy(MemoryDisk.from(data, { allocation }), alone, {
+      size,
+      allocation,
+      prezeroed,
+      ...options,
+    });
+    const src = MemoryDisk.from(data, { allocation });
+    const dst = fresh();
+    // Segments small enough that every lane gets some (the copier shares only when there are
+    // at least two).
+    const segment = Math.max(1, Math.floor(size / (2 + r.int(20))));
+    const lanes = inThreadLanes(src, dst, 1 + r.int(3), segment, options);
+    const seen: number[] = [];
+    const shared = await copy(src, dst, {
+      size,
+      allocation,
+      prezeroed,
+      ...options,
+      lanes,
+      onProgress: (d) => seen.push(d),
+    });
+    ok(Buffer.from(dst.data).equals(Buffer.from(data)), `${where}: copy differs`);
+    checkStats(shared, size, where);
+    for (
+      const k of [
+        "reads",
+        "bytesRead",
+        "writes",
+        "bytesWritten",
+        "zeroCalls",
+        "dataBytes",
+        "zeroedBytes",
+        "skippedBytes",
+      ] as const
+    ) {
+      strictEqual(shared[k], single[k], `${where}: ${k} as with one lane`);
+    }
+    strictEqual(seen[seen.length - 1], planWork(planCopy({ size, allocation, prezeroed })), where);
+    for (let i = 1; i < seen.length; i++) ok(seen[i] >= seen[i - 1], `${where}: progress`);
+    // Segments were claimed in order, each once.
+    deepStrictEqual(lanes.claimed, lanes.claimed.map((_, i) => i), where);
+    othersWork += lanes.progress();
+  }
+  ok(othersWork > 0, "the other lanes did part of the work");
+});
+
+/** 1 MiB, mostly zeroes: the first 4 KiB of every 64 KiB holds data (lanes pay off there). */
+function mostlyZero(): MemoryDisk {
+  const data = new Uint8Array(1 << 20);
+  for (let at = 0; at < data.length; at += 65536) data.fill(5, at, at + 4096);
+  return MemoryDisk.from(data);
+}
+
+Deno.test("a lane that fails stops the others and the copy reports its error", async () => {
+  const size = 1 << 20;
+  const src = mostlyZero();
+  const dst = new MemoryDisk(size);
+  const lanes = inThreadLanes(src, dst, 2, 65536, {
+    quantum: 4096,
+    chunkSize: 16384,
+    readAhead: 2,
+  }, true);
+  await rejects(
+    copy(src, dst, { size, prezeroed: true, quantum: 4096, chunkSize: 16384, lanes }),
+    (e) => e instanceof Error && /injected/.test(e.message),
+  );
+  ok(!Buffer.from(dst.data).equals(Buffer.from(src.data)), "the failing lane's part is missing");
+});
+
+Deno.test("more lanes start only when most of what is read is zeroes skipped", async () => {
+  const options = { quantum: 4096, chunkSize: 16384, readAhead: 2 };
+  for (const [src, expected] of [[mostlyZero(), true], [MemoryDisk.filled(1 << 20, 7), false]]) {
+    const dst = new MemoryDisk(1 << 20);
+    const lanes = inThreadLanes(src as MemoryDisk, dst, 1, 65536, options);
+    const stats = await copy(src as MemoryDisk, dst, {
+      size: 1 << 20,
+      prezeroed: true,
+      lanes,
+      ...options,
+    });
+    strictEqual(lanes.progress() > 0, expected);
+    strictEqual(stats.threads, expected ? 2 : 1);
+  }
+});
+
+Deno.test("an aborted copy stops every lane", async () => {
+  const size = 1 << 20;
+  const src = mostlyZero();
+  const dst = new MemoryDisk(size);
+  const ac = new AbortController();
+  const lanes = inThreadLanes(src, dst, 2, 65536, {
+    quantum: 4096,
+    chunkSize: 16384,
+    readAhead: 2,
+  });
+  await rejects(
+    copy(src, dst, {
+      size,
+      prezeroed: true,
+      quantum: 4096,
+      chunkSize: 16384,
+      lanes,
+      signal: ac.signal,
+      onProgress: (done) => {
+        if (done >= size / 4) ac.abort("SIGTERM");
+      },
+    }),
+    (e) => e instanceof CopyAborted,
+  );
+  ok(dst.counters.bytesWritten < 16 * 4096, "not all the data was written");
 });

@@ -1,6 +1,6 @@
-import { ok, strictEqual } from "node:assert/strict";
+import { deepStrictEqual, ok, strictEqual } from "node:assert/strict";
 import { ExtentSet } from "../src/extent.ts";
-import { planCopy, planSteps, planWork } from "../src/plan.ts";
+import { claimedSteps, planCopy, planSteps, planWork, type Step } from "../src/plan.ts";
 import { Prng } from "./prng.ts";
 
 function randomSet(r: Prng, size: number): ExtentSet {
@@ -57,4 +57,41 @@ Deno.test("with a base the destination is not assumed zero outside the unchanged
   ok(!p.scan);
   strictEqual(p.zero.bytes, 400);
   strictEqual(p.skip.bytes, 0);
+});
+
+Deno.test("lanes claiming segments in any interleaving take every step exactly once", () => {
+  for (let seed = 1; seed <= 300; seed++) {
+    const r = new Prng(seed);
+    const size = 1 + r.int(100000);
+    const plan = planCopy({ size, allocation: randomSet(r, size), prezeroed: r.chance(0.5) });
+    const chunk = 1 + r.int(5000);
+    const segment = 1 + r.int(20000);
+    const all = [...planSteps(plan, chunk, chunk * 4)];
+    let next = 0;
+    const claim = () => next++;
+    const lanes = Array.from({ length: 1 + r.int(4) }, () => ({
+      it: claimedSteps(planSteps(plan, chunk, chunk * 4), segment, claim),
+      done: false,
+    }));
+    const taken: Step[] = [];
+    // Advance a random lane at a time, as threads would.
+    while (lanes.some((l) => !l.done)) {
+      const live = lanes.filter((l) => !l.done);
+      const lane = live[r.int(live.length)];
+      const n = lane.it.next();
+      if (n.done) lane.done = true;
+      else taken.push(n.value);
+    }
+    taken.sort((a, b) => a.start - b.start);
+    deepStrictEqual(taken, all, `seed ${seed}`);
+  }
+});
+
+Deno.test("a lane stops claiming when told: claim returns undefined", () => {
+  const plan = planCopy({ size: 10 << 20, prezeroed: false });
+  let next = 0;
+  const claim = () => (next < 2 ? next++ : undefined);
+  const steps = [...claimedSteps(planSteps(plan, 1 << 20), 2 << 20, claim)];
+  strictEqual(steps.length, 4);
+  strictEqual(steps[3].start, 3 << 20);
 });

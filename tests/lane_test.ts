@@ -1,0 +1,173 @@
+import { deepStrictEqual, match, ok, strictEqual } from "node:assert/strict";
+import { DiskError } from "../src/disk.ts";
+import { ExitCode, SparseDdError } from "../src/errors.ts";
+import { errorFromWire, errorToWire } from "../src/lane.ts";
+import { CopyAborted } from "../src/copy.ts";
+import { runMain, sameBytes, sh, withTempDir } from "./helpers.ts";
+import { qemuRawToVhd } from "./vhd_tools.ts";
+import { Prng } from "./prng.ts";
+
+const MiB = 1024 * 1024;
+const NO_CONFIG = ["-config", "/nonexistent/sparse_dd.conf"];
+
+/**
+ * A sparse file of `size` bytes: 1 MiB blocks allocated at random, each holding a few random
+ * 64 KiB runs of data and zeroes elsewhere (mostly zeroes read: the copy shares its work).
+ */
+async function sparseRandom(path: string, size: number, seed: number): Promise<void> {
+  const r = new Prng(seed);
+  const f = await Deno.open(path, { write: true, create: true, truncate: true });
+  await f.truncate(size);
+  for (let at = 0; at < size; at += MiB) {
+    if (!r.chance(0.6)) continue;
+    const block = new Uint8Array(MiB);
+    for (let k = 1 + r.int(4); k > 0; k--) {
+      const run = r.int(16) * 65536;
+      r.fill(block.subarray(run, run + 65536));
+    }
+    await f.seek(at, Deno.SeekMode.Start);
+    let n = 0;
+    while (n < block.length) n += await f.write(block.subarray(n));
+  }
+  f.close();
+}
+
+function stats(res: { stdout: Uint8Array }) {
+  const s = JSON.parse(new TextDecoder().decode(res.stdout));
+  // Times and threads differ; everything else must not.
+  delete s.seconds;
+  delete s.throughput;
+  delete s.threads;
+  return s;
+}
+
+Deno.test("two threads copy a file exactly as one does, with the same stats", async () => {
+  await withTempDir(async (dir) => {
+    const size = 200 * MiB;
+    await sparseRandom(`${dir}/src`, size, 1);
+    const one = await runMain([
+      "-src",
+      `${dir}/src`,
+      "-dest",
+      `${dir}/one`,
+      "-threads",
+      "1",
+      "-json",
+      ...NO_CONFIG,
+    ]);
+    strictEqual(one.code, 0, one.stderr);
+    const two = await runMain([
+      "-src",
+      `${dir}/src`,
+      "-dest",
+      `${dir}/two`,
+      "-threads",
+      "2",
+      "-json",
+      ...NO_CONFIG,
+    ]);
+    strictEqual(two.code, 0, two.stderr);
+    strictEqual(JSON.parse(new TextDecoder().decode(two.stdout)).threads, 2, "a second thread ran");
+    strictEqual(JSON.parse(new TextDecoder().decode(one.stdout)).threads, 1);
+    ok(await sameBytes(`${dir}/src`, `${dir}/two`), "the copy holds the source's bytes");
+    deepStrictEqual({ ...stats(two), dest: "" }, { ...stats(one), dest: "" });
+    // Onto the existing, non-zero copy (not prezeroed): zeroes must land, in every lane.
+    await Deno.writeFile(`${dir}/two`, new Uint8Array(size).fill(0xee));
+    const again = await runMain([
+      "-src",
+      `${dir}/src`,
+      "-dest",
+      `${dir}/two`,
+      "-threads",
+      "3",
+      ...NO_CONFIG,
+    ]);
+    strictEqual(again.code, 0, again.stderr);
+    ok(await sameBytes(`${dir}/src`, `${dir}/two`), "every 0xee overwritten");
+  });
+});
+
+Deno.test("threads share a VHD source too", async () => {
+  await withTempDir(async (dir) => {
+    const size = 160 * MiB;
+    await sparseRandom(`${dir}/raw`, size, 2);
+    await qemuRawToVhd(`${dir}/raw`, `${dir}/src.vhd`);
+    const res = await runMain([
+      "-src",
+      `${dir}/src.vhd`,
+      "-dest",
+      `${dir}/out`,
+      "-threads",
+      "2",
+      "-json",
+      ...NO_CONFIG,
+    ]);
+    strictEqual(res.code, 0, res.stderr);
+    strictEqual(JSON.parse(new TextDecoder().decode(res.stdout)).threads, 2);
+    ok(await sameBytes(`${dir}/raw`, `${dir}/out`, size));
+  });
+});
+
+Deno.test("a full destination in any thread is one error line naming the file and offset", async () => {
+  await withTempDir(async (dir) => {
+    // About 30 MiB of data spread over 320 MiB, for a 16 MiB tmpfs: it fills half way, long
+    // after the second thread has started.
+    await sparseRandom(`${dir}/src`, 320 * MiB, 3);
+    await Deno.mkdir(`${dir}/small`);
+    await sh("mount", ["-t", "tmpfs", "-o", "size=16m", "tmpfs", `${dir}/small`]);
+    try {
+      const res = await runMain([
+        "-src",
+        `${dir}/src`,
+        "-dest",
+        `${dir}/small/out`,
+        "-threads",
+        "2",
+        ...NO_CONFIG,
+      ]);
+      strictEqual(res.code, ExitCode.Destination, res.stderr);
+      const lines = res.stderr.trim().split("\n");
+      strictEqual(lines.length, 1, res.stderr);
+      match(
+        lines[0],
+        new RegExp(`^sparse_dd: cannot write ${dir}/small/out at offset \\d+: No space left`),
+      );
+      strictEqual((await Deno.stat(`${dir}/small/out`)).size, 320 * MiB, "never grown");
+    } finally {
+      await sh("umount", [`${dir}/small`]).catch(() => undefined);
+    }
+  });
+});
+
+Deno.test("-threads takes a whole number, kept within 1 to 16 as -nice is kept within its range", async () => {
+  for (const bad of ["two", "1.5", ""]) {
+    const res = await runMain(["-src", "/dev/null", "-dest", "/dev/null", "-threads", bad]);
+    strictEqual(res.code, ExitCode.Usage, `${bad}: ${res.stderr}`);
+    match(res.stderr, /invalid -threads value/);
+  }
+  await withTempDir(async (dir) => {
+    await sparseRandom(`${dir}/src`, 80 * MiB, 4);
+    for (const n of ["0", "99"]) {
+      const res = await runMain(["-src", `${dir}/src`, "-dest", `${dir}/out${n}`, "-threads", n]);
+      strictEqual(res.code, 0, res.stderr);
+      ok(await sameBytes(`${dir}/src`, `${dir}/out${n}`));
+    }
+  });
+});
+
+Deno.test("errors cross from a thread with their class, disk, offset and exit code", () => {
+  const d = new DiskError("/dev/sdb", "read", 4096, "Input/output error");
+  d.role = "source";
+  const back = errorFromWire(errorToWire(d));
+  ok(back instanceof DiskError);
+  strictEqual(back.message, d.message);
+  strictEqual(back.role, "source");
+  strictEqual(back.offset, 4096);
+  const n = new DiskError("nbd://x", "write", 0, "server error ENOSPC");
+  n.nbd = true;
+  ok((errorFromWire(errorToWire(n)) as DiskError).nbd);
+  const u = errorFromWire(errorToWire(new SparseDdError(ExitCode.Usage, "bad")));
+  ok(u instanceof SparseDdError && u.exitCode === ExitCode.Usage && u.message === "bad");
+  ok(errorFromWire(errorToWire(new CopyAborted(5, "x"))) instanceof CopyAborted);
+  strictEqual(errorFromWire(errorToWire(new Error("other"))).message, "other");
+});
