@@ -199,6 +199,7 @@ if bench_want S2a; then
   scenario S2a "$(human $S2_SIZE) dense raw, 70% zero 64 KiB regions → new file" "$S2_SRC" "$D" "$S2_SIZE"
   prep "rm -f $D"
   ours "sparse_dd" "$SD -src $S2_SRC -dest $D -size $S2_SIZE"
+  ours "sparse_dd -threads 2" "$SD -src $S2_SRC -dest $D -size $S2_SIZE -threads 2"
   ours "sparse_dd -unbuffered true" "$SD -src $S2_SRC -dest $D -size $S2_SIZE -unbuffered true"
   peer "cp --sparse=always" "cp --sparse=always $S2_SRC $D"
   peer "dd conv=sparse bs=64K" "dd if=$S2_SRC of=$D bs=64K conv=sparse status=none"
@@ -215,6 +216,7 @@ if bench_want S2b; then
   # Every run starts from a file full of 0xFF: the zeroes must land.
   prep "cp $NZ $D"
   ours "sparse_dd" "$SD -src $S2_SRC -dest $D -size $S2_SIZE"
+  ours "sparse_dd -threads 2" "$SD -src $S2_SRC -dest $D -size $S2_SIZE -threads 2"
   ours "sparse_dd -unbuffered true" "$SD -src $S2_SRC -dest $D -size $S2_SIZE -unbuffered true"
   peer "cp --sparse=always" "cp --sparse=always $S2_SRC $D"
   peer "dd conv=sparse bs=64K" "dd if=$S2_SRC of=$D bs=64K conv=sparse status=none"
@@ -269,6 +271,7 @@ if bench_want S4; then
   scenario S4 "$(human $S2_SIZE) loop device → loop device holding 0xFF (not prezeroed)" "$S2_SRC" "$LB" "$S2_SIZE" "$B"
   prep "dd if=$NZ of=$LB bs=4M oflag=direct status=none"
   ours "sparse_dd" "$SD -src $LA -dest $LB -size $S2_SIZE"
+  ours "sparse_dd -threads 1" "$SD -src $LA -dest $LB -size $S2_SIZE -threads 1"
   ours "sparse_dd -unbuffered true" "$SD -src $LA -dest $LB -size $S2_SIZE -unbuffered true"
   peer "dd bs=1M" "dd if=$LA of=$LB bs=1M status=none"
   peer "qemu-img convert -n" "qemu-img convert -f raw -O raw -n $LA $LB"

@@ -271,11 +271,14 @@ md.push(
     "`Uint32Array` loop); mapped pages, which WebAssembly cannot reach, are compared with zeroes " +
     "by libc's `memcmp`. Only the 16 KiB quanta holding data are written to a destination known " +
     "to be zero.",
-  "- Threads (`-threads`, default 2 here): between local disks, each thread (a Deno Worker " +
-    "running the same program, with disks of its own) copies the 32 MiB segments it claims from " +
-    "a shared counter. The second thread starts after the first 16 MiB of work (creating a " +
-    "Worker holds the calling thread ~20 ms). On a warm cache a single thread was bound by the " +
-    "kernel's work for it (page-cache copies, block allocation, writeback), not by the disk.",
+  "- Threads (`-threads`; default 2 into a block device here, 1 into a file): each thread (a " +
+    "Deno Worker running the same program, with disks of its own) copies the 32 MiB segments it " +
+    "claims from a shared counter; the second starts after the first 16 MiB of work (creating a " +
+    "Worker holds the calling thread ~20 ms), and only when at least half of what was read so " +
+    "far was zeroes skipped by the scan. Into a file, two threads interleave the file system's " +
+    "block allocation (more fragments, ~60 KiB more extent-tree blocks in S2: the `-threads 2` " +
+    "rows' allocation); handing segments to the device strictly in file order avoided that but " +
+    "was slower than one thread, so a file gets one thread unless asked.",
   "- Writing (default, `-unbuffered` unset): to a block device, O_DIRECT with four writes in " +
     "flight (S4; 2.4× faster than through the page cache). To a file: buffered `pwrite` done in " +
     "place on the copier's " +
@@ -298,7 +301,9 @@ md.push(
     "request (each `munmap` flushes the TLB of every CPU the process runs on, and each " +
     "ArrayBuffer over outside memory counts towards V8's external memory: a full garbage " +
     "collection every few dozen requests) and one thread-pool call per request to fault pages " +
-    "in (a non-blocking FFI call costs the calling thread ~45 µs).",
+    "in (a non-blocking FFI call costs the calling thread ~45 µs); two threads into one file " +
+    "handing their segments to the device strictly in file order (the allocation of one " +
+    "thread, but S2a 0.95–1.04 s against 0.79–0.83 s unordered and 0.90 s with one thread).",
   "- Overwriting a destination that is not known to be zero: one hole punched over `[0, size)` " +
     "(a file) or one `fallocate(PUNCH_HOLE)` / `BLKZEROOUT` (a device that offloads " +
     "write-zeroes, like a loop device), then only the non-zero quanta are written.",

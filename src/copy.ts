@@ -291,7 +291,7 @@ export async function executePlan(
  * True when more threads are worth starting, judging by the work so far: when at least half of
  * what was read turned out to be zeroes and was skipped. Then each byte that reaches the disk
  * costs several bytes of reading and scanning, and one thread cannot keep the disk busy: on a
- * 2 GiB file of 70% zeroes a second thread measured 10-15% faster. When what is read is mostly
+ * 2 GiB file of 70% zeroes a second thread measured 5-10% faster. When what is read is mostly
  * written, the disk is the limit, and a second stream of writeback measured ~10% slower (a 4 GiB
  * sparse file whose data is all non-zero).
  */

@@ -1,10 +1,10 @@
 /**
- * Lanes: one copy shared by several threads. On a warm page cache a copy is bound by the CPU
- * work of one thread (the kernel's copy into the page cache, block allocation, writeback), not by
- * the disk: more threads keep the disk busy. Each lane is a Deno Worker running this same program
- * (main.ts starts {@linkcode serveLane} in it), which opens the source and destination by name
- * with disks of its own and runs the copier's steps for the segments it claims (see
- * {@linkcode Lanes}). The plan is made once, by the caller, and sent to every lane.
+ * Lanes: one copy shared by several threads. When most of what is read is zeroes skipped by the
+ * scan, one thread cannot keep the disk busy (reading, scanning, and the kernel's work for the
+ * writes: page-cache copies, block allocation, writeback); more threads can. Each lane is a Deno
+ * Worker running this same program (main.ts starts {@linkcode serveLane} in it), which opens the
+ * source and destination by name with disks of its own and runs the copier's steps for the
+ * segments it claims (see {@linkcode Lanes}). The plan is made once, by the caller, and sent to every lane.
  *
  * Shared state (a `SharedArrayBuffer`): the next segment to claim, a stop flag, and per lane its
  * state (not started, started, cancelled) and the work it has finished.
@@ -194,10 +194,12 @@ function claimer(words: Int32Array): () => number | undefined {
 }
 
 /**
- * Lanes in `count` Workers, started when {@linkcode Lanes.run} is called. Creating a Worker holds
- * the calling thread for ~20 ms (the new isolate is built before the constructor returns), so
- * the copier calls `run` once its own lane has done `startAfter` bytes of work: the disk starts
- * working that much sooner, and has writes queued while the Workers are made. A Worker that cannot be created is no error: the lanes that run claim its share.
+ * Lanes in `count` Workers, made when {@linkcode Lanes.prepare} or {@linkcode Lanes.run} is
+ * called. Creating a Worker holds the calling thread for ~20 ms (the new isolate is built before
+ * the constructor returns), so the copier calls `run` once its own lane has done `startAfter`
+ * bytes of work: the disk starts working that much sooner, and has writes queued while the
+ * Workers are made. A Worker that cannot be created is no error: the lanes that run claim its
+ * share.
  */
 export function startLanes(options: LaneStart): LaneGroup {
   const lanes = options.count + 1;

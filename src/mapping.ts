@@ -35,6 +35,8 @@ const MiB = 1024 * 1024;
 interface Window {
   /** File offset of the mapping's first byte. */
   start: number;
+  /** A mapping made for one long view, not a window that later views may share. */
+  own: boolean;
   span: number;
   p: Deno.PointerObject;
   bytes: Uint8Array;
@@ -76,7 +78,7 @@ export class MappedFile {
     const start = offset - offset % this.window;
     const w = offset + length <= start + this.window + this.overlap
       ? this.#windowAt(start)
-      : this.#map(offset - offset % PAGE, offset + length - (offset - offset % PAGE));
+      : this.#map(offset - offset % PAGE, offset + length - (offset - offset % PAGE), true);
     if (!w) return undefined;
     const token = { offset };
     w.lent.add(token);
@@ -131,17 +133,18 @@ export class MappedFile {
   }
 
   #windowAt(start: number): Window | undefined {
-    const found = this.#windows.find((w) => w.start === start);
+    const found = this.#windows.find((w) => w.start === start && !w.own);
     if (found) return found;
-    return this.#map(start, Math.min(this.window + this.overlap, this.size - start));
+    return this.#map(start, Math.min(this.window + this.overlap, this.size - start), false);
   }
 
-  #map(start: number, span: number): Window | undefined {
+  #map(start: number, span: number, own: boolean): Window | undefined {
     const p = this.c.mmap(this.fd, start, span);
     if (p === null) return undefined;
     const bytes = new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(p, span));
     const w = {
       start,
+      own,
       span,
       p,
       bytes,
@@ -167,10 +170,13 @@ export class MappedFile {
     }
     let low = Infinity;
     for (const t of w.lent) low = Math.min(low, t.offset);
-    const end = Math.min(w.dropTo, low - low % PAGE, w.start + w.span);
-    if (end - w.dropFrom >= this.dropBatch || (w.lent.size === 0 && end > w.dropFrom)) {
-      const at = Math.max(w.dropFrom, w.start);
-      if (end > at) this.c.unmapPages(Deno.UnsafePointer.offset(w.p, at - w.start)!, end - at);
+    // Whole pages only, below the lowest view still lent (its first page may hold bytes of the
+    // views before it).
+    const at = Math.max(w.dropFrom - w.dropFrom % PAGE, w.start);
+    let end = Math.min(w.dropTo, low, w.start + w.span);
+    end -= (end - w.start) % PAGE;
+    if (end - at >= this.dropBatch || (w.lent.size === 0 && end > at)) {
+      this.c.unmapPages(Deno.UnsafePointer.offset(w.p, at - w.start)!, end - at);
       w.dropFrom = end;
     }
     this.#retire();

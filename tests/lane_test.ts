@@ -3,7 +3,7 @@ import { DiskError } from "../src/disk.ts";
 import { ExitCode, SparseDdError } from "../src/errors.ts";
 import { errorFromWire, errorToWire } from "../src/lane.ts";
 import { CopyAborted } from "../src/copy.ts";
-import { runMain, sameBytes, sh, withTempDir } from "./helpers.ts";
+import { runMain, sameBytes, sh, withLoop, withTempDir } from "./helpers.ts";
 import { qemuRawToVhd } from "./vhd_tools.ts";
 import { Prng } from "./prng.ts";
 
@@ -41,9 +41,11 @@ function stats(res: { stdout: Uint8Array }) {
   return s;
 }
 
+// Sizes: enough work that the second thread has started (~50 ms) long before the first is done.
+
 Deno.test("two threads copy a file exactly as one does, with the same stats", async () => {
   await withTempDir(async (dir) => {
-    const size = 200 * MiB;
+    const size = 512 * MiB;
     await sparseRandom(`${dir}/src`, size, 1);
     const one = await runMain([
       "-src",
@@ -89,7 +91,7 @@ Deno.test("two threads copy a file exactly as one does, with the same stats", as
 
 Deno.test("threads share a VHD source too", async () => {
   await withTempDir(async (dir) => {
-    const size = 160 * MiB;
+    const size = 384 * MiB;
     await sparseRandom(`${dir}/raw`, size, 2);
     await qemuRawToVhd(`${dir}/raw`, `${dir}/src.vhd`);
     const res = await runMain([
@@ -170,4 +172,29 @@ Deno.test("errors cross from a thread with their class, disk, offset and exit co
   ok(u instanceof SparseDdError && u.exitCode === ExitCode.Usage && u.message === "bad");
   ok(errorFromWire(errorToWire(new CopyAborted(5, "x"))) instanceof CopyAborted);
   strictEqual(errorFromWire(errorToWire(new Error("other"))).message, "other");
+});
+
+Deno.test("by default a file gets one thread and a block device two", async () => {
+  await withTempDir(async (dir) => {
+    const size = 512 * MiB;
+    await sparseRandom(`${dir}/src`, size, 5);
+    const file = await runMain([
+      "-src",
+      `${dir}/src`,
+      "-dest",
+      `${dir}/out`,
+      "-json",
+      ...NO_CONFIG,
+    ]);
+    strictEqual(file.code, 0, file.stderr);
+    strictEqual(JSON.parse(new TextDecoder().decode(file.stdout)).threads, 1);
+    await Deno.writeFile(`${dir}/backing`, new Uint8Array(0));
+    await Deno.truncate(`${dir}/backing`, size);
+    await withLoop(`${dir}/backing`, async (dev) => {
+      const res = await runMain(["-src", `${dir}/src`, "-dest", dev, "-json", ...NO_CONFIG]);
+      strictEqual(res.code, 0, res.stderr);
+      strictEqual(JSON.parse(new TextDecoder().decode(res.stdout)).threads, 2);
+      ok(await sameBytes(`${dir}/src`, dev, size), "the device holds the source's bytes");
+    });
+  });
 });
