@@ -141,11 +141,14 @@ async function cancelFn(req: PluginRequest, config: PluginConfig): Promise<strin
       Deno.kill(op.pid!, "SIGTERM");
     } catch { /* it just ended */ }
   }
-  // sparse_dd stops between two I/O steps; wait for the worker to record it.
-  for (let waited = 0; waited < 30_000 && !isFinal(op.state); waited += 50) {
+  // sparse_dd stops between two I/O steps; wait for the worker to record it, and then to be
+  // gone (it exits right after), so that a caller who sees "cancelled" finds no process left.
+  let waited = 0;
+  for (; waited < 30_000 && !isFinal(op.state); waited += 50) {
     await sleep(50);
     op = await store.reap((await store.read(op.id)) ?? op);
   }
+  for (; waited < 30_000 && await processAlive(op.pid, dir); waited += 10) await sleep(10);
   return describe(store, op);
 }
 
