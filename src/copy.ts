@@ -212,22 +212,23 @@ export async function executePlan(
   // Overwriting a destination that zeroes cheaply: zero it all at once, then copy as onto a
   // prezeroed one (holes skipped, zero quanta in the data skipped). One call instead of writing
   // every zero byte, and a file destination stays as sparse as its data.
-  let run = plan;
-  let preZeroed = false;
-  if (
-    !plan.scan && plan.unchanged.isEmpty && plan.size > 0 && dst.zero &&
-    (dst as DiskHints).zeroIsCheap === true
-  ) {
+  const preZeroed = !plan.scan && plan.unchanged.isEmpty && plan.size > 0 &&
+    dst.zero !== undefined && (dst as DiskHints).zeroIsCheap === true;
+  const run = preZeroed
+    ? { ...plan, scan: true, zero: ExtentSet.empty(), skip: plan.zero.union(plan.skip) }
+    : plan;
+  // Other threads share the work when there is enough of it to pay for their start, and when
+  // it is the kind of work they speed up (see `worthSharing`). They are started once this lane
+  // has done `startAfter` bytes of work: starting them may hold this thread a while (a Worker:
+  // ~20 ms), and the disk should have that much to write meanwhile.
+  if (options.lanes && planWork(run) >= 2 * options.lanes.segment) lanes = options.lanes;
+  if (preZeroed) {
     if (options.signal?.aborted) throw new CopyAborted(0, options.signal.reason);
-    preZeroed = true;
-    run = { ...plan, scan: true, zero: ExtentSet.empty(), skip: plan.zero.union(plan.skip) };
-    const zeroing = dst.zero(0, plan.size);
+    const zeroing = dst.zero!(0, plan.size);
     zeroing.catch(() => {});
     // Zeroing a whole disk takes a while (a file system discards every block): the other lanes
     // get ready meanwhile.
-    if (options.lanes && planWork(run) >= 2 * options.lanes.segment) {
-      options.lanes.prepare?.(plan.size);
-    }
+    lanes?.prepare?.(plan.size);
     try {
       await zeroing;
     } catch (err) {
@@ -238,11 +239,6 @@ export async function executePlan(
     report();
   }
 
-  // Other threads share the work when there is enough of it to pay for their start, and when
-  // it is the kind of work they speed up (see `worthSharing`). They are started once this lane
-  // has done `startAfter` bytes of work: starting them may hold this thread a while (a Worker:
-  // ~20 ms), and the disk should have that much to write meanwhile.
-  if (options.lanes && planWork(run) >= 2 * options.lanes.segment) lanes = options.lanes;
   let others: Promise<StepCounts> | undefined;
   const startAfter = done + (lanes?.startAfter ?? 0);
   try {

@@ -23,6 +23,26 @@ export function extentEnd(e: Extent): number {
   return e.start + e.length;
 }
 
+/**
+ * One extent in pieces of at most `max` bytes, cut at multiples of `max` (see
+ * {@linkcode ExtentSet.chunks}).
+ *
+ * @example
+ * ```ts
+ * import { cutExtent } from "./extent.ts";
+ * [...cutExtent({ start: 3, length: 10 }, 4)]; // 3+1, 4+4, 8+4, 12+1
+ * ```
+ */
+export function* cutExtent(e: Extent, max: number): Generator<Extent> {
+  if (!(max > 0)) throw new RangeError(`chunk size must be positive: ${max}`);
+  const end = extentEnd(e);
+  for (let offset = e.start; offset < end;) {
+    const next = Math.min(end, (Math.floor(offset / max) + 1) * max);
+    yield { start: offset, length: next - offset };
+    offset = next;
+  }
+}
+
 function checkExtent(e: Extent): void {
   if (
     !Number.isSafeInteger(e.start) || !Number.isSafeInteger(e.length) || e.start < 0 ||
@@ -214,17 +234,7 @@ export class ExtentSet {
    * straddles an aligned `max`-sized boundary: reads stay aligned when extents are.
    */
   *chunks(max: number): Generator<Extent> {
-    if (!(max > 0)) throw new RangeError(`chunk size must be positive: ${max}`);
-    for (const e of this.#extents) {
-      let offset = e.start;
-      const end = e.start + e.length;
-      while (offset < end) {
-        const boundary = (Math.floor(offset / max) + 1) * max;
-        const next = Math.min(end, boundary);
-        yield { start: offset, length: next - offset };
-        offset = next;
-      }
-    }
+    for (const e of this.#extents) yield* cutExtent(e, max);
   }
 
   /** True when both sets cover exactly the same bytes. */

@@ -176,16 +176,16 @@ type FromLane =
   | { kind: "stopped" }
   | { kind: "error"; error: ErrorWire };
 
+/** Where the per-lane work counts start in the shared state: after the words, 8-aligned. */
+function doneOffset(lanes: number): number {
+  return Math.ceil((STATE + lanes) * 4 / 8) * 8;
+}
+
 /** Views of the shared state for `lanes` lanes (index 0 is the calling thread). */
 function sharedViews(shared: SharedArrayBuffer, lanes: number) {
   const words = new Int32Array(shared, 0, STATE + lanes);
-  const doneOffset = Math.ceil((STATE + lanes) * 4 / 8) * 8;
-  const done = new Float64Array(shared, doneOffset, lanes);
+  const done = new Float64Array(shared, doneOffset(lanes), lanes);
   return { words, done };
-}
-
-function sharedBytes(lanes: number): number {
-  return Math.ceil((STATE + lanes) * 4 / 8) * 8 + 8 * lanes;
 }
 
 /** Claims the next segment for a lane: `undefined` once stopped. */
@@ -203,7 +203,7 @@ function claimer(words: Int32Array): () => number | undefined {
  */
 export function startLanes(options: LaneStart): LaneGroup {
   const lanes = options.count + 1;
-  const shared = new SharedArrayBuffer(sharedBytes(lanes));
+  const shared = new SharedArrayBuffer(doneOffset(lanes) + 8 * lanes);
   const { words, done } = sharedViews(shared, lanes);
   const workers: Worker[] = [];
   const claim = claimer(words);

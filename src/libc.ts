@@ -491,6 +491,7 @@ export class Libc {
   }
 
   #zeroes?: Uint8Array;
+  readonly #lengths = new Map<number, bigint>();
 
   /**
    * True when `buf[start, end)` is all zero, by libc's `memcmp` against zeroes: for memory the
@@ -500,9 +501,19 @@ export class Libc {
     const z = this.#zeroes ??= new Uint8Array(ZERO_COMPARE);
     for (let at = start; at < end; at += z.length) {
       const n = Math.min(z.length, end - at);
-      if (this.#s.memcmp(buf.subarray(at, at + n), z, BigInt(n)) !== 0) return false;
+      if (this.#s.memcmp(buf.subarray(at, at + n), z, this.#length(n)) !== 0) return false;
     }
     return true;
+  }
+
+  /** `n` as a bigint, kept: called per quantum, a few lengths recur (no allocation each time). */
+  #length(n: number): bigint {
+    let b = this.#lengths.get(n);
+    if (b === undefined) {
+      b = BigInt(n);
+      if (this.#lengths.size < 64) this.#lengths.set(n, b);
+    }
+    return b;
   }
 
   /** Unmaps a mapping's pages without unmapping the range (`MADV_DONTNEED`); advice only. */

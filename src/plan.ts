@@ -5,7 +5,7 @@
  * @module
  */
 
-import { type Extent, ExtentSet } from "./extent.ts";
+import { cutExtent, type Extent, extentEnd, ExtentSet } from "./extent.ts";
 
 /** What the planner needs to know. */
 export interface PlanInput {
@@ -105,16 +105,11 @@ export function* planSteps(plan: Plan, chunk: number, zeroChunk: number = chunk)
   }
 }
 
-/** The data steps: each extent cut at multiples of `chunk`, knowing where its extent ends. */
+/** The data steps: the chunks of `data`, each knowing where its extent ends. */
 function* dataSteps(data: ExtentSet, chunk: number): Generator<Step> {
-  if (!(chunk > 0)) throw new RangeError(`chunk size must be positive: ${chunk}`);
   for (const e of data.extents) {
-    const until = e.start + e.length;
-    for (let at = e.start; at < until;) {
-      const next = Math.min(until, (Math.floor(at / chunk) + 1) * chunk);
-      yield { kind: "data", start: at, length: next - at, until };
-      at = next;
-    }
+    const until = extentEnd(e);
+    for (const c of cutExtent(e, chunk)) yield { kind: "data", ...c, until };
   }
 }
 

@@ -24,6 +24,26 @@ async function mixedFile(path: string, r: Prng, size: number): Promise<Uint8Arra
   return data;
 }
 
+/** Runs `fn` on `path` mapped as a MappedFile (with its constructor's tuning), then closes both. */
+async function withMapped(
+  path: string,
+  size: number,
+  tuning: number[],
+  fn: (file: MappedFile) => Promise<void>,
+): Promise<void> {
+  const fd = c.open(path, O_RDONLY);
+  try {
+    const file = new MappedFile(c, fd, size, ...tuning);
+    try {
+      await fn(file);
+    } finally {
+      file.close();
+    }
+  } finally {
+    c.close(fd);
+  }
+}
+
 function rssFileKiB(): number {
   const m = Deno.readTextFileSync("/proc/self/status").match(/RssFile:\s+(\d+)/);
   return m ? Number(m[1]) : 0;
@@ -34,11 +54,9 @@ Deno.test("lent views hold the file's bytes at any offset and length, across win
     const r = new Prng(5);
     const size = 24 * MiB + 12345;
     const data = await mixedFile(`${dir}/f`, r, size);
-    const fd = c.open(`${dir}/f`, O_RDONLY);
-    try {
-      // Small windows, overlap and batches, so views cross windows, get mappings of their own,
-      // and released pages are dropped while others are lent.
-      const file = new MappedFile(c, fd, size, 2 * MiB, 256 * 1024, 512 * 1024, 1 * MiB);
+    // Small windows, overlap and batches, so views cross windows, get mappings of their own,
+    // and released pages are dropped while others are lent.
+    await withMapped(`${dir}/f`, size, [2 * MiB, 256 * 1024, 512 * 1024, MiB], async (file) => {
       const held: Array<{ release(): void }> = [];
       for (let i = 0; i < 400; i++) {
         const offset = r.int(size);
@@ -69,10 +87,7 @@ Deno.test("lent views hold the file's bytes at any offset and length, across win
       strictEqual(short.bytes.length, 2 * MiB);
       long.release();
       short.release();
-      file.close();
-    } finally {
-      c.close(fd);
-    }
+    });
   });
 });
 
@@ -80,9 +95,7 @@ Deno.test("nothing past the end of the file is lent, nor a file cut short after 
   await withTempDir(async (dir) => {
     const p = `${dir}/f`;
     await Deno.writeFile(p, new Uint8Array(4 * MiB).fill(9));
-    const fd = c.open(p, O_RDONLY);
-    try {
-      const file = new MappedFile(c, fd, 4 * MiB);
+    await withMapped(p, 4 * MiB, [], async (file) => {
       strictEqual(await file.view(4 * MiB - 10, 20), undefined);
       strictEqual(await file.view(-1, 20), undefined);
       // Pages past the new end would raise SIGBUS if touched: they must not be lent.
@@ -91,10 +104,7 @@ Deno.test("nothing past the end of the file is lent, nor a file cut short after 
       const v = await file.view(0, 65536);
       ok(v && v.bytes.every((b) => b === 9));
       v.release();
-      file.close();
-    } finally {
-      c.close(fd);
-    }
+    });
   });
 });
 
@@ -127,9 +137,7 @@ Deno.test("pages lent and released leave the mapping: the process's RSS stays bo
     const block = new Uint8Array(MiB).fill(1);
     for (let i = 0; i < size / MiB; i++) await f.write(block);
     f.close();
-    const fd = c.open(p, O_RDONLY);
-    try {
-      const file = new MappedFile(c, fd, size);
+    await withMapped(p, size, [], async (file) => {
       const before = rssFileKiB();
       let peak = before;
       const lent: Array<{ release(): void }> = [];
@@ -141,11 +149,8 @@ Deno.test("pages lent and released leave the mapping: the process's RSS stays bo
         peak = Math.max(peak, rssFileKiB());
       }
       for (const v of lent) v.release();
-      file.close();
       // The copier's read-ahead (4 views) plus a drop batch and a populate batch, not 256 MiB.
       ok((peak - before) * 1024 < 48 * MiB, `RssFile grew by ${peak - before} KiB`);
-    } finally {
-      c.close(fd);
-    }
+    });
   });
 });
