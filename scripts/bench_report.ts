@@ -282,7 +282,8 @@ md.push(
   "- Writing (default, `-unbuffered` unset): to a block device, O_DIRECT with four writes in " +
     "flight (S4; 2.4× faster than through the page cache). To a file: buffered `pwrite` done in " +
     "place on the copier's " +
-    "thread, every 2 MiB of written range handed to the device at once (`sync_file_range`), " +
+    "thread, every 2 MiB of written range handed to the device at once (`sync_file_range`, one " +
+    "call at a time in file order, so that blocks are allocated in order as with `cp`), " +
     "at most 32 MiB in flight, then dropped from the page cache (`POSIX_FADV_DONTNEED`); one " +
     "`fdatasync` at the end. Measured while building it, timed until durable: O_DIRECT writes " +
     "into a new ext4 file were ~30% slower (they serialise on the inode lock, whatever the queue " +
@@ -303,7 +304,13 @@ md.push(
     "collection every few dozen requests) and one thread-pool call per request to fault pages " +
     "in (a non-blocking FFI call costs the calling thread ~45 µs); two threads into one file " +
     "handing their segments to the device strictly in file order (the allocation of one " +
-    "thread, but S2a 0.95–1.04 s against 0.79–0.83 s unordered and 0.90 s with one thread).",
+    "thread, but S2a 0.95–1.04 s against 0.79–0.83 s unordered and 0.90 s with one thread), and " +
+    "again as a writeback frontier shared by the threads, passed by whichever thread finds the " +
+    "next pages written (branch `experiment/writeback-frontier`: the allocation of one thread " +
+    "exactly, but S2a 0.894 s against 0.938 s with one thread and 0.815 s unordered, S2b 1.873 s " +
+    "against 1.869 s; medians of 10 and 5 interleaved runs; the device takes the pages no faster " +
+    "from one submitter, and one thread already keeps two cores busy: the copy on its own, " +
+    "writeback on the pool).",
   "- Overwriting a destination that is not known to be zero: one hole punched over `[0, size)` " +
     "(a file) or one `fallocate(PUNCH_HOLE)` / `BLKZEROOUT` (a device that offloads " +
     "write-zeroes, like a loop device), then only the non-zero quanta are written.",

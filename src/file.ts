@@ -98,17 +98,34 @@ function zeroBuffer(): Uint8Array {
  * handed to the device at once (`sync_file_range` WRITE), and once more than 32 MiB is in
  * flight the oldest range is waited for and dropped from the page cache (`POSIX_FADV_DONTNEED`).
  * So writeback overlaps the copy, the final `fdatasync` has little left, and the copy does not
- * fill dom0's page cache with a VDI nobody reads back.
+ * fill dom0's page cache with a VDI nobody reads back. Used by {@linkcode FileDisk}; exported
+ * for tests.
+ *
+ * @example
+ * ```ts
+ * import { libc, O_CREAT, O_RDWR } from "./libc.ts";
+ * import { Writeback } from "./file.ts";
+ * const c = libc()!;
+ * const fd = c.open("/tmp/x.raw", O_RDWR | O_CREAT);
+ * const wb = new Writeback(c, fd);
+ * c.pwriteSync(fd, new Uint8Array(4096).fill(1), 0);
+ * await wb.written(0, 4096);
+ * await wb.settle(); // handed out and on the device
+ * c.close(fd);
+ * ```
  */
-class Writeback {
+export class Writeback {
   static readonly KICK = 2 << 20;
   static readonly WINDOW = 32 << 20;
   /** Writes this close to the open range join it (plans write front to back, a few at once). */
   static readonly GAP = 8 << 20;
   #start = -1;
   #end = -1;
-  readonly #kicked: Extent[] = [];
+  /** Ranges handed out, oldest first, each with the call that hands it out. */
+  readonly #kicked: Array<Extent & { kicked: Promise<void> }> = [];
   #kickedBytes = 0;
+  /** The latest `sync_file_range` WRITE: the next one starts after it returns. */
+  #lastKick: Promise<void> = Promise.resolve();
   readonly #pending = new Set<Promise<void>>();
   #error: unknown;
 
@@ -133,16 +150,26 @@ class Writeback {
     this.#throwIfFailed();
   }
 
-  /** Starts writeback of the open range, without waiting. */
+  /**
+   * Starts writeback of the open range, without waiting. One call at a time, in the order the
+   * ranges were written: the file system picks the blocks of delayed-allocation pages as they
+   * are written back, and two calls at once (on two threads of the pool, when the device is
+   * slow to take the first) record their extents in interleaved order: ext4 then splits extent
+   * tree leaves, and the file takes a few more blocks than `cp`'s copy.
+   */
   #kick(): void {
     if (this.#start < 0) return;
-    const range = { start: this.#start, length: this.#end - this.#start };
+    const { fd } = this;
+    const start = this.#start;
+    const length = this.#end - this.#start;
     this.#start = this.#end = -1;
-    this.#kicked.push(range);
-    this.#kickedBytes += range.length;
-    this.#track(
-      this.c.syncFileRangeAsync(this.fd, range.start, range.length, SYNC_FILE_RANGE_WRITE),
+    const kicked = this.#lastKick.then(() =>
+      this.c.syncFileRangeAsync(fd, start, length, SYNC_FILE_RANGE_WRITE)
     );
+    this.#lastKick = kicked.catch(() => {});
+    this.#kicked.push({ start, length, kicked });
+    this.#kickedBytes += length;
+    this.#track(kicked);
   }
 
   async #retireOldest(): Promise<void> {
@@ -150,6 +177,9 @@ class Writeback {
     if (!r) return;
     this.#kickedBytes -= r.length;
     const wait = SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER;
+    // Its own call first, so that this one never starts writing the range back itself. (Its
+    // failure is reported through #track.)
+    await r.kicked.catch(() => {});
     // A writeback error seen here is consumed from the file: it must be reported, by the write
     // that waited and by every later write and flush. (Waiting here rather than in the
     // background measured faster: more writeback in flight only slowed the device.)

@@ -1,5 +1,6 @@
 import { match, ok, strictEqual } from "node:assert/strict";
-import { FileDisk, seekDataExtents } from "../src/file.ts";
+import { FileDisk, seekDataExtents, Writeback } from "../src/file.ts";
+import { type Libc, SYNC_FILE_RANGE_WRITE } from "../src/libc.ts";
 import { ExitCode } from "../src/errors.ts";
 import { allocatedBytes, runMain, sameBytes, sh, withLoop, withTempDir } from "./helpers.ts";
 import { Prng } from "./prng.ts";
@@ -395,4 +396,66 @@ Deno.test("overwriting a non-zero file leaves it as sparse as its data, for ever
       strictEqual(s.zeroCalls, 1, "one call zeroed the whole destination");
     }
   });
+});
+
+/** A stand-in for the two libc calls {@linkcode Writeback} makes, recording what it was asked. */
+class RecordingLibc {
+  readonly calls: Array<{ start: number; length: number; flags: number; handedOut: number }> = [];
+  readonly dropped: number[] = [];
+  /** Ranges whose WRITE call has returned. */
+  readonly handedOut = new Set<number>();
+  inFlight = 0;
+  maxInFlight = 0;
+  constructor(readonly r: Prng) {}
+
+  async syncFileRangeAsync(_fd: number, start: number, length: number, flags: number) {
+    const writeOnly = flags === SYNC_FILE_RANGE_WRITE;
+    this.calls.push({ start, length, flags, handedOut: this.handedOut.size });
+    if (writeOnly) this.maxInFlight = Math.max(this.maxInFlight, ++this.inFlight);
+    // A device that is sometimes slow to take the range.
+    await new Promise((resolve) => setTimeout(resolve, this.r.int(3)));
+    if (writeOnly) {
+      this.inFlight--;
+      this.handedOut.add(start);
+    } else {
+      ok(this.handedOut.has(start), `range at ${start} waited for before it was handed out`);
+    }
+  }
+
+  fadvise(_fd: number, offset: number) {
+    this.dropped.push(offset);
+  }
+}
+
+Deno.test("writeback hands ranges to the device one call at a time, in the order they were written", async () => {
+  for (const seed of [1, 2, 3, 4, 5]) {
+    const r = new Prng(seed);
+    const c = new RecordingLibc(r);
+    const wb = new Writeback(c as unknown as Libc, 99);
+    // Runs of data and holes, front to back as the copier writes them, sometimes far apart.
+    let at = 0;
+    const written: Array<[number, number]> = [];
+    for (let i = 0; i < 300; i++) {
+      at += r.chance(0.2) ? (4 + r.int(20)) * MiB : 0;
+      const length = (1 + r.int(16)) * 64 * 1024;
+      await wb.written(at, length);
+      written.push([at, at + length]);
+      at += length;
+    }
+    await wb.settle();
+    const writes = c.calls.filter((k) => k.flags === SYNC_FILE_RANGE_WRITE);
+    // Two calls at once would let the file system allocate their blocks in interleaved order.
+    strictEqual(c.maxInFlight, 1, `seed ${seed}: WRITE calls at once`);
+    for (let i = 1; i < writes.length; i++) {
+      ok(writes[i].start >= writes[i - 1].start + writes[i - 1].length, `seed ${seed}: in order`);
+    }
+    // Everything written was handed out, and what was waited for was dropped from the cache.
+    for (const [from, to] of written) {
+      ok(
+        writes.some((k) => k.start <= from && to <= k.start + k.length),
+        `seed ${seed}: [${from}, ${to}) handed out`,
+      );
+    }
+    ok(c.dropped.length > 0, `seed ${seed}: retired ranges dropped`);
+  }
 });
