@@ -306,11 +306,13 @@ md.push(
     "handing their segments to the device strictly in file order (the allocation of one " +
     "thread, but S2a 0.95–1.04 s against 0.79–0.83 s unordered and 0.90 s with one thread), and " +
     "again as a writeback frontier shared by the threads, passed by whichever thread finds the " +
-    "next pages written (branch `experiment/writeback-frontier`: the allocation of one thread " +
-    "exactly, but S2a 0.894 s against 0.938 s with one thread and 0.815 s unordered, S2b 1.873 s " +
-    "against 1.869 s; medians of 10 and 5 interleaved runs; the device takes the pages no faster " +
-    "from one submitter, and one thread already keeps two cores busy: the copy on its own, " +
-    "writeback on the pool).",
+    "next pages written (the allocation of one thread exactly, but S2a 0.894 s against 0.938 s " +
+    "with one thread and 0.815 s unordered, S2b 1.873 s against 1.869 s; medians of 10 and 5 " +
+    "interleaved runs; the device takes the pages no faster from one submitter, and one thread " +
+    "already keeps two cores busy: the copy on its own, writeback on the pool); scanning mapped " +
+    "pages for zeroes in a Worker of its own, steps ahead of the copier (its thread was no " +
+    "faster: the writes' copy out of the mapping then met the pages cold; S2a into tmpfs " +
+    "0.81–0.95 s against 0.79–0.93 s).",
   "- Overwriting a destination that is not known to be zero: one hole punched over `[0, size)` " +
     "(a file) or one `fallocate(PUNCH_HOLE)` / `BLKZEROOUT` (a device that offloads " +
     "write-zeroes, like a loop device), then only the non-zero quanta are written.",
