@@ -28,5 +28,18 @@ Deno.test("missing files are fine; fragments follow the main file in sorted orde
     deepStrictEqual(keys, ["1", "2", "3"]);
     await Deno.writeTextFile(`${dir}/bad`, "nonsense\n");
     await rejects(loadConfig(`${dir}/bad`), SparseDdError);
+    // Missing beside files that exist; a directory named with a trailing slash, or relatively.
+    deepStrictEqual(await loadConfig(`${dir}/none.conf`), []);
+    deepStrictEqual((await loadConfig(`${dir}/none.conf`, `${dir}/c.d/`)).map((e) => e.value), [
+      "2",
+      "3",
+    ]);
+    const cwd = Deno.cwd();
+    Deno.chdir(dir);
+    try {
+      deepStrictEqual((await loadConfig("c")).map((e) => e.value), ["1", "2", "3"]);
+    } finally {
+      Deno.chdir(cwd);
+    }
   });
 });
