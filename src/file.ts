@@ -159,12 +159,11 @@ export class Writeback {
    */
   #kick(): void {
     if (this.#start < 0) return;
-    const { fd } = this;
     const start = this.#start;
     const length = this.#end - this.#start;
     this.#start = this.#end = -1;
     const kicked = this.#lastKick.then(() =>
-      this.c.syncFileRangeAsync(fd, start, length, SYNC_FILE_RANGE_WRITE)
+      this.c.syncFileRangeAsync(this.fd, start, length, SYNC_FILE_RANGE_WRITE)
     );
     this.#lastKick = kicked.catch(() => {});
     this.#kicked.push({ start, length, kicked });
