@@ -10,14 +10,14 @@
  * @module
  */
 
-import { main } from "./src/cli.ts";
-import { LANE_WORKER_NAME, serveLane } from "./src/lane.ts";
+import { main } from "./src/cli/main.ts";
+import { LANE_WORKER_NAME, serveLane } from "./src/copy/threads.ts";
 import { isPluginInvocation, pluginMain } from "./plugin/main.ts";
 
 if (
   (globalThis as { name?: string }).name === LANE_WORKER_NAME && "WorkerGlobalScope" in globalThis
 ) {
-  // A copy thread started by this program (src/lane.ts).
+  // A copy thread started by this program (src/copy/threads.ts).
   serveLane();
 } else if (import.meta.main) {
   // `sparse_dd --xapi-plugin <methodCall>`: the XAPI host plugin (see plugin/main.ts).

@@ -22,14 +22,14 @@
  * @module
  */
 
-import { VERSION } from "../src/cli.ts";
-import { discover } from "../src/discovery.ts";
+import { VERSION } from "../src/version.ts";
+import { discover } from "../src/discovery/discover.ts";
 import { copyArgv, failureMessage, runCopyChild } from "./child.ts";
 import type { PluginConfig } from "./config.ts";
 import { isFinal, type OpState, OpStore, processAlive } from "./ops.ts";
 import { ErrorCode, PluginFailure, type PluginRequest } from "./protocol.ts";
 import { checkKnown, checkPathSyntax, parseOpId, required, validateCopy } from "./validate.ts";
-import { spawnWorker } from "./worker.ts";
+import { spawnWorker } from "./detached.ts";
 import { TaskProgress } from "./xenapi.ts";
 
 /** One plugin function. */

@@ -22,7 +22,7 @@ import {
   PluginFailure,
   successResponse,
 } from "./protocol.ts";
-import { runWorker, WORKER_FLAG } from "./worker.ts";
+import { runWorker, WORKER_FLAG } from "./detached.ts";
 
 /** argv[1] of the binary that selects plugin mode. */
 export const PLUGIN_FLAG = "--xapi-plugin";

@@ -19,7 +19,7 @@
  * @module
  */
 
-import { isStruct, parseMethodCall, serializeMethodResponse, XmlRpcError } from "../src/xmlrpc.ts";
+import { isStruct, parseMethodCall, serializeMethodResponse, XmlRpcError } from "./xmlrpc.ts";
 
 /**
  * The error codes this plugin returns as `ErrorDescription[0]`; xapi raises them as

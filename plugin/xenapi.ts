@@ -23,7 +23,7 @@ import {
   serializeMethodCall,
   XmlRpcDouble,
   type XmlRpcValue,
-} from "../src/xmlrpc.ts";
+} from "./xmlrpc.ts";
 
 /** xapi's local socket. */
 export const DEFAULT_XAPI_SOCKET = "/var/lib/xcp/xapi";

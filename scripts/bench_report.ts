@@ -267,7 +267,7 @@ md.push(
     "(RSS stays bounded). Devices, VHDs and `-unbuffered true` read with non-blocking FFI " +
     "`pread` into page-aligned buffers in WebAssembly memory.",
   "- Zero scanning: in WebAssembly memory, a hand-written WebAssembly SIMD scanner reads the " +
-    "buffers in place (`deno bench -A tests/zeroscan_bench.ts`: ~40 GB/s on this machine, 4× a " +
+    "buffers in place (`deno bench -A tests/copy/zeroscan_bench.ts`: ~40 GB/s on this machine, 4× a " +
     "`Uint32Array` loop); mapped pages, which WebAssembly cannot reach, are compared with zeroes " +
     "by libc's `memcmp`. Only the 16 KiB quanta holding data are written to a destination known " +
     "to be zero.",

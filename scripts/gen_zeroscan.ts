@@ -1,6 +1,6 @@
 /**
  * Assembles the zero-scanning WebAssembly module by hand and writes it to
- * `src/zeroscan_wasm.ts` as a `Uint8Array` literal, so the copier compiles it synchronously at
+ * `src/copy/_zeroscan_wasm.ts` as a `Uint8Array` literal, so the copier compiles it synchronously at
  * first use with no toolchain, no npm dependency and no file to find at run time.
  *
  * Run: `deno run --allow-write=src --allow-env=ZEROSCAN_VECTORS scripts/gen_zeroscan.ts` (the env
@@ -247,6 +247,6 @@ export const ZEROSCAN_WASM: Uint8Array = new Uint8Array([
 ${lines.join("\n")}
 ]);
 `;
-const target = new URL("../src/zeroscan_wasm.ts", import.meta.url);
+const target = new URL("../src/copy/_zeroscan_wasm.ts", import.meta.url);
 Deno.writeTextFileSync(target, out);
 console.log(`wrote ${bytes.length} bytes of wasm to ${target.pathname}`);

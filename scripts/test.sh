@@ -27,6 +27,6 @@ echo "== deno lint" >&2
 "$DENO" lint
 echo "== deno check" >&2
 shopt -s nullglob
-"$DENO" check main.ts src/*.ts plugin/*.ts tests/*.ts
+"$DENO" check main.ts src/ plugin/ tests/ scripts/*.ts
 echo "== deno test" >&2
 "$DENO" test -A --no-lock "$@" tests/

@@ -1,5 +1,11 @@
 import { match, ok, strictEqual } from "node:assert/strict";
-import { readMachineStream, ROOT, sameBytes, withTempDir, xapiCommand } from "./helpers.ts";
+import {
+  readMachineStream,
+  ROOT,
+  sameBytes,
+  withTempDir,
+  xapiCommand,
+} from "./_support/helpers.ts";
 
 Deno.test("scripts/build.sh always produces a bundle that runs as xapi runs sparse_dd", async () => {
   const build = await new Deno.Command("bash", {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Test setup: a real xenstored (Debian's xen-utils-4.17, unpacked, not installed) plus the
-# LD_PRELOAD shim from tests/xs-shim.c, so the discovery tests can run the stock xenstore-read
+# LD_PRELOAD shim from tests/fixtures/xs-shim.c, so the discovery tests can run the stock xenstore-read
 # against a real daemon on a machine without Xen. Idempotent; everything lands in .tools/xen.
 # Installing xen-utils-4.17 would drag in udev and systemd, hence apt-get download + dpkg -x.
 # Prints nothing on stdout; tests start and stop the daemon themselves.
@@ -9,7 +9,7 @@ set -euo pipefail
 
 XEN="$TOOLS/xen"
 DAEMON="$XEN/root/usr/lib/xen-4.17/bin/xenstored"
-SHIM_SRC="$ROOT/tests/xs-shim.c"
+SHIM_SRC="$ROOT/tests/fixtures/xs-shim.c"
 SHIM="$XEN/xs-shim.so"
 
 # The daemon links against these; the clients come from xenstore-utils.

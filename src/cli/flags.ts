@@ -1,0 +1,483 @@
+/**
+ * The command line: a drop-in for the argv xapi builds
+ * (`sparse_dd -machine -src IN -dest OUT -size N -good-ciphersuites C [-prezeroed] [-base B] ...`),
+ * single-dash flags as in OCaml's `Arg`, with `--` spellings accepted too. Parsing and `--help`.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { ExitCode, SparseDdError } from "../core/errors.ts";
+import { DEFAULT_CONFIG, loadConfig } from "./config.ts";
+import {
+  DISCOVERY_FLAGS,
+  discoveryOptionsFrom,
+  type SourceDiscoveryOptions,
+} from "../discovery/source_allocation.ts";
+import { VHD_FLAGS, type VhdOptions, vhdOptionsFrom } from "./vhd_flags.ts";
+import { isNbdUri } from "../nbd/protocol.ts";
+import { DEFAULT_QUANTUM } from "../copy/quantum.ts";
+
+/** Most threads `-threads` accepts. */
+const MAX_THREADS = 16;
+/**
+ * Threads by default into a block device: two (or one on a single CPU); more only compete with
+ * dom0's other work (tapdisks, qemu) for a disk that is already busy. Into a regular file: one.
+ * Threads writing one file make the file system allocate its blocks in interleaved order: a few
+ * hundred physical fragments instead of a few dozen per 2 GiB, and extent-tree blocks half
+ * filled (measured: +60 KiB for 600 MiB of data in 6,900 runs). Copying in that order one
+ * segment after another cost more than the second thread gained, so a file gets a second thread
+ * only when asked (`-threads 2`: 5-10% faster where most of what is read is zeroes).
+ */
+export const DEVICE_THREADS = Math.max(1, Math.min(2, navigator.hardwareConcurrency ?? 1));
+/** Bytes a copy thread claims at a time. */
+export const LANE_SEGMENT = 32 * 1024 * 1024;
+
+type Kind = "string" | "boolean";
+interface FlagSpec {
+  kind: Kind;
+  arg?: string;
+  help: string;
+  /** Accepted for compatibility with xapi's argv, but has no effect here: why. */
+  inert?: string;
+}
+
+/** Every flag the tool accepts, in `--help` order. Config-file keys are the same names. */
+export const FLAGS: Record<string, FlagSpec> = {
+  src: { kind: "string", arg: "PATH", help: "source disk: block device or file" },
+  dest: {
+    kind: "string",
+    arg: "PATH",
+    help: "destination disk: block device or file (created if missing)",
+  },
+  size: {
+    kind: "string",
+    arg: "BYTES",
+    help: "bytes to copy (default, or -1: the size of the source)",
+  },
+  prezeroed: { kind: "boolean", help: "the destination already reads as zero: skip zero runs" },
+  base: {
+    kind: "string",
+    arg: "PATH",
+    help: "the destination already holds this disk: copy only what differs from it",
+  },
+  machine: { kind: "boolean", help: "xapi's framed 'Progress: N' records on stdout, nothing else" },
+  json: { kind: "boolean", help: "print the stats as JSON (stdout; stderr with -machine)" },
+  "stats-file": { kind: "string", arg: "PATH", help: "also write the stats as JSON to PATH" },
+  quantum: {
+    kind: "string",
+    arg: "BYTES",
+    help: `zero-scan granularity, a power of two from 512 to 4194304 (default ${DEFAULT_QUANTUM})`,
+  },
+  "ignore-allocation": { kind: "boolean", help: "copy every byte even where allocation is known" },
+  threads: {
+    kind: "string",
+    arg: "N",
+    help: `threads sharing a copy between local disks, 1..${MAX_THREADS} ` +
+      `(default ${DEVICE_THREADS} into a block device, 1 into a file)`,
+  },
+
+  // -require-vhd, and where discovery looks (-tap-ctl, -sysfs-root, ...: tests, unusual hosts).
+  ...DISCOVERY_FLAGS,
+  // -src-format, -src-vhd, -base-vhd, -vhd-backend (vhd_options.ts).
+  ...VHD_FLAGS,
+  progress: {
+    kind: "string",
+    arg: "auto|bar|none",
+    help: "the bar on stderr (default auto: on a terminal)",
+  },
+  config: { kind: "string", arg: "PATH", help: `configuration file (default ${DEFAULT_CONFIG})` },
+  "config-dir": { kind: "string", arg: "DIR", help: "configuration fragments (default CONFIG.d)" },
+  unbuffered: {
+    kind: "string",
+    arg: "true|false",
+    help: "O_DIRECT I/O, sparing dom0's page cache",
+  },
+  nice: { kind: "string", arg: "N", help: "renice this process to N (-20..19)" },
+  ionice_class: {
+    kind: "string",
+    arg: "N",
+    help: "ionice class (0 none, 1 realtime, 2 best-effort, 3 idle)",
+  },
+  ionice_class_data: { kind: "string", arg: "N", help: "ionice priority within the class (0..7)" },
+  "nbd-export": {
+    kind: "string",
+    arg: "NAME",
+    help: "export name of an NBD destination (overrides the URI's)",
+  },
+  "nbd-timeout": {
+    kind: "string",
+    arg: "SECONDS",
+    help: "seconds to wait for the NBD handshake and each reply, 0 = no limit (default 30/120)",
+  },
+  "dest-proto": {
+    kind: "string",
+    arg: "PROTO",
+    help:
+      "destination protocol: none (file or device) or nbd (needs an nbd:// or nbd+unix:// -dest)",
+  },
+  "good-ciphersuites": {
+    kind: "string",
+    arg: "LIST",
+    help: "TLS ciphers for https destinations",
+    inert: "no https destinations",
+  },
+  "legacy-ciphersuites": {
+    kind: "string",
+    arg: "LIST",
+    help: "removed from xapi in 2022",
+    inert: "removed option",
+  },
+  "ssl-legacy": { kind: "boolean", help: "removed from xapi in 2022", inert: "removed option" },
+  "encryption-mode": {
+    kind: "string",
+    arg: "MODE",
+    help: "http/https rewriting",
+    inert: "no http destinations",
+  },
+  "verify-dest": {
+    kind: "boolean",
+    help: "verify the TLS certificate of an https destination",
+    inert: "no https destinations",
+  },
+  "cert-bundle-path": {
+    kind: "string",
+    arg: "PATH",
+    help: "CA bundle for -verify-dest",
+    inert: "no https destinations",
+  },
+  sni: {
+    kind: "string",
+    arg: "HOST",
+    help: "TLS SNI for https destinations",
+    inert: "no https destinations",
+  },
+  test: {
+    kind: "boolean",
+    help: "the 2010 tool's self-test",
+    inert: "removed option; run scripts/test.sh",
+  },
+  help: { kind: "boolean", help: "this text" },
+  version: { kind: "boolean", help: "print the version" },
+};
+
+/** The parsed and validated command line. */
+export interface Options {
+  src: string;
+  dest: string;
+  /** `undefined`: the source's size. */
+  size?: number;
+  prezeroed: boolean;
+  base?: string;
+  machine: boolean;
+  json: boolean;
+  statsFile?: string;
+  quantum: number;
+  ignoreAllocation: boolean;
+  /** Device discovery for the source (`discovery_allocation.ts`). */
+  discovery: SourceDiscoveryOptions;
+  /** VHD source format, the VHDs behind devices, and the metadata backend (`vhd_options.ts`). */
+  vhd: VhdOptions;
+  progress: "auto" | "bar" | "none";
+  unbuffered?: boolean;
+  nice?: number;
+  ioniceClass?: number;
+  ioniceClassData?: number;
+  nbdExport?: string;
+  /** `-nbd-timeout` in milliseconds; `undefined`: the default. */
+  nbdTimeoutMs?: number;
+  /** `-threads`: threads sharing the copy (1: the main thread alone); `undefined`: by the
+   * destination (see `DEVICE_THREADS`). */
+  threads?: number;
+  /** Flags given that have no effect here, for the stderr note. */
+  inert: string[];
+  /** Raw values of every flag, for integrations that add their own flags. */
+  values: Record<string, string | boolean | undefined>;
+}
+
+/** What parsing decided: run a copy, or print something and exit. */
+export type ParseResult =
+  | { action: "copy"; options: Options; configNotes: string[] }
+  | { action: "help" }
+  | { action: "version" };
+
+/**
+ * Rewrites `-name value` / `--name value` / `--name=value` into `--name=value` for known flags,
+ * so that `node:util` parseArgs sees long options and values that start with `-` (a negative
+ * `-size`) are kept as values. Unknown names are left for parseArgs to reject.
+ */
+function normalise(argv: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const tok = argv[i];
+    const m = /^--?([A-Za-z][A-Za-z0-9_-]*)(?:=(.*))?$/s.exec(tok);
+    if (tok === "-h") {
+      out.push("--help");
+      continue;
+    }
+    if (!m) {
+      out.push(tok);
+      continue;
+    }
+    const [, name, inline] = m;
+    const spec = FLAGS[name];
+    if (!spec) {
+      out.push(`--${name}${inline === undefined ? "" : `=${inline}`}`);
+      continue;
+    }
+    if (spec.kind === "string" && inline === undefined) {
+      if (i + 1 >= argv.length) {
+        throw new SparseDdError(ExitCode.Usage, `option -${name} needs a value (${spec.arg})`);
+      }
+      out.push(`--${name}=${argv[++i]}`);
+    } else {
+      out.push(`--${name}${inline === undefined ? "" : `=${inline}`}`);
+    }
+  }
+  return out;
+}
+
+/**
+ * Parses a byte count: a non-negative integer, optionally with a binary suffix
+ * (`K`/`KiB`, `M`/`MiB`, `G`/`GiB`, `T`/`TiB`).
+ *
+ * @example
+ * ```ts
+ * import { parseBytes } from "./flags.ts";
+ * parseBytes("4G", "-size"); // 4294967296
+ * ```
+ */
+export function parseBytes(text: string, flag: string): number {
+  const m = /^(\d+)\s*(|K|KiB|M|MiB|G|GiB|T|TiB)$/i.exec(text.trim());
+  const mult: Record<string, number> = { "": 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 };
+  const n = m ? Number(m[1]) * mult[m[2].charAt(0).toLowerCase()] : NaN;
+  if (!Number.isSafeInteger(n)) {
+    throw new SparseDdError(
+      ExitCode.Usage,
+      `invalid ${flag} value '${text}': expected a non-negative whole number of bytes`,
+    );
+  }
+  return n;
+}
+
+function parseBool(text: string, flag: string): boolean {
+  if (/^(true|yes|on|1)$/i.test(text)) return true;
+  if (/^(false|no|off|0)$/i.test(text)) return false;
+  throw new SparseDdError(
+    ExitCode.Usage,
+    `invalid ${flag} value '${text}': expected true or false`,
+  );
+}
+
+function parseInteger(text: string, flag: string, min: number, max: number): number {
+  const n = /^-?\d+$/.test(text.trim()) ? Number(text) : NaN;
+  if (!Number.isSafeInteger(n)) {
+    throw new SparseDdError(ExitCode.Usage, `invalid ${flag} value '${text}': expected an integer`);
+  }
+  return Math.min(max, Math.max(min, n));
+}
+
+/**
+ * Parses argv and the configuration files into {@linkcode Options}.
+ *
+ * @example
+ * ```ts
+ * import { parse } from "./flags.ts";
+ * const r = await parse(["-src", "/a", "-dest", "/b", "-size", "1024", "-config", "/dev/null"]);
+ * r.action; // "copy"
+ * ```
+ */
+export async function parse(argv: string[]): Promise<ParseResult> {
+  const options: Record<string, { type: Kind }> = {};
+  for (const [name, spec] of Object.entries(FLAGS)) options[name] = { type: spec.kind };
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    ({ values } = parseArgs({
+      args: normalise(argv),
+      options,
+      strict: true,
+      allowPositionals: false,
+    }));
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    const msg = err instanceof Error ? err.message : String(err);
+    if (code === "ERR_PARSE_ARGS_UNKNOWN_OPTION") {
+      const name = /'([^']+)'/.exec(msg)?.[1] ?? msg;
+      throw new SparseDdError(
+        ExitCode.UnknownFlag,
+        `unknown option '${name.replace(/^--/, "-")}' (see sparse_dd --help)`,
+      );
+    }
+    if (code === "ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL") {
+      const arg = /'([^']+)'/.exec(msg)?.[1] ?? "";
+      throw new SparseDdError(
+        ExitCode.Usage,
+        `unexpected argument '${arg}' (see sparse_dd --help)`,
+      );
+    }
+    throw new SparseDdError(ExitCode.Usage, msg.replace(/--/g, "-"));
+  }
+  if (values.help) return { action: "help" };
+  if (values.version) return { action: "version" };
+
+  // Configuration files are read after argv and win over it (Xcp_service's order).
+  const configFile = (values.config as string | undefined) ?? DEFAULT_CONFIG;
+  const configNotes: string[] = [];
+  const entries = await loadConfig(configFile, values["config-dir"] as string | undefined);
+  for (const e of entries) {
+    const spec = FLAGS[e.key];
+    if (
+      !spec || e.key === "config" || e.key === "config-dir" || e.key === "help" ||
+      e.key === "version"
+    ) {
+      configNotes.push(`${e.where}: ignoring unknown key '${e.key}'`);
+      continue;
+    }
+    values[e.key] = spec.kind === "boolean" ? parseBool(e.value, e.where) : e.value;
+  }
+
+  const str = (k: string) => values[k] as string | undefined;
+  if (!str("src")) throw new SparseDdError(ExitCode.Usage, "missing -src (see sparse_dd --help)");
+  if (!str("dest")) throw new SparseDdError(ExitCode.Usage, "missing -dest (see sparse_dd --help)");
+  let size: number | undefined;
+  const sizeText = str("size");
+  if (sizeText !== undefined && sizeText.trim() !== "-1") size = parseBytes(sizeText, "-size");
+  const quantum = str("quantum") === undefined
+    ? DEFAULT_QUANTUM
+    : parseBytes(str("quantum")!, "-quantum");
+  if (quantum < 512 || quantum > 4 * 1024 * 1024 || (quantum & (quantum - 1)) !== 0) {
+    throw new SparseDdError(
+      ExitCode.Usage,
+      `invalid -quantum value '${str("quantum")}': expected a power of two from 512 to 4194304`,
+    );
+  }
+  const progress = str("progress") ?? "auto";
+  if (progress !== "auto" && progress !== "bar" && progress !== "none") {
+    throw new SparseDdError(
+      ExitCode.Usage,
+      `invalid -progress value '${progress}': expected auto, bar or none`,
+    );
+  }
+  // -dest-proto: xapi's NBD destinations arrive through an HTTP upgrade (not supported here);
+  // a bare host:port is not accepted either: NBD destinations are always URIs.
+  const destProto = str("dest-proto");
+  // http(s) destinations (with or without -dest-proto) get open.ts's own refusal.
+  if (destProto !== undefined && !/^https?:\/\//i.test(str("dest")!)) {
+    const nbdDest = isNbdUri(str("dest")!);
+    if (destProto === "nbd" && !nbdDest) {
+      throw new SparseDdError(
+        ExitCode.Usage,
+        `-dest-proto nbd needs an nbd://host[:port]/export or nbd+unix:///export?socket=PATH -dest, not '${
+          str("dest")
+        }'`,
+      );
+    }
+    if (destProto !== "nbd" && destProto !== "none") {
+      throw new SparseDdError(
+        ExitCode.Usage,
+        `-dest-proto ${destProto} is not supported: only none (files and devices) and nbd (NBD URIs)`,
+      );
+    }
+    if (destProto === "none" && nbdDest) {
+      throw new SparseDdError(
+        ExitCode.Usage,
+        `-dest-proto none contradicts the NBD destination '${str("dest")}'`,
+      );
+    }
+  }
+  const nbdTimeoutText = str("nbd-timeout");
+  let nbdTimeoutMs: number | undefined;
+  if (nbdTimeoutText !== undefined) {
+    const seconds = Number(nbdTimeoutText);
+    if (!/^\d+(\.\d+)?$/.test(nbdTimeoutText.trim()) || !Number.isFinite(seconds)) {
+      throw new SparseDdError(
+        ExitCode.Usage,
+        `invalid -nbd-timeout value '${nbdTimeoutText}': expected seconds (0 = no limit)`,
+      );
+    }
+    nbdTimeoutMs = Math.round(seconds * 1000);
+  }
+  if (values["verify-dest"] && !str("cert-bundle-path")) {
+    throw new SparseDdError(ExitCode.Usage, "-verify-dest needs -cert-bundle-path");
+  }
+  const inert: string[] = [];
+  for (const [name, spec] of Object.entries(FLAGS)) {
+    if (spec.inert && values[name] !== undefined && values[name] !== false) {
+      inert.push(`-${name} (${spec.inert})`);
+    }
+  }
+  return {
+    action: "copy",
+    configNotes,
+    options: {
+      src: str("src")!,
+      dest: str("dest")!,
+      size,
+      prezeroed: values.prezeroed === true,
+      base: str("base") || undefined,
+      machine: values.machine === true,
+      json: values.json === true,
+      statsFile: str("stats-file"),
+      quantum,
+      ignoreAllocation: values["ignore-allocation"] === true,
+      discovery: discoveryOptionsFrom(values),
+      vhd: vhdOptionsFrom(values),
+      progress,
+      unbuffered: str("unbuffered") === undefined
+        ? undefined
+        : parseBool(str("unbuffered")!, "-unbuffered"),
+      nice: str("nice") === undefined ? undefined : parseInteger(str("nice")!, "-nice", -20, 19),
+      ioniceClass: str("ionice_class") === undefined
+        ? undefined
+        : parseInteger(str("ionice_class")!, "-ionice_class", 0, 3),
+      ioniceClassData: str("ionice_class_data") === undefined
+        ? undefined
+        : parseInteger(str("ionice_class_data")!, "-ionice_class_data", 0, 7),
+      nbdExport: str("nbd-export"),
+      nbdTimeoutMs,
+      threads: str("threads") === undefined
+        ? undefined
+        : parseInteger(str("threads")!, "-threads", 1, MAX_THREADS),
+      inert,
+      values,
+    },
+  };
+}
+
+/** The `--help` text. */
+export function usage(): string {
+  const lines = [
+    "Usage: sparse_dd -src PATH -dest PATH [-size BYTES] [-prezeroed] [-base PATH] [-machine] ...",
+    "",
+    "Copies BYTES from the source disk to the destination disk, reading only what is allocated",
+    "(VHD allocation tables, SEEK_DATA/SEEK_HOLE) and, when the destination is known to be zero",
+    "(-prezeroed, or a new file), writing only the 16 KiB quanta that hold data. Otherwise every",
+    "unallocated range is made zero on the destination. Nothing outside [0, BYTES) is written.",
+    "",
+    "Options (one dash or two; /etc/sparse_dd.conf and /etc/sparse_dd.conf.d/* set the same keys",
+    "as 'key = value' and win over the command line):",
+  ];
+  for (const [name, spec] of Object.entries(FLAGS)) {
+    const flag = `  -${name}${spec.arg ? ` ${spec.arg}` : ""}`;
+    const text = spec.inert ? `${spec.help} [accepted; no effect: ${spec.inert}]` : spec.help;
+    lines.push(flag.length < 30 ? `${flag.padEnd(30)}${text}` : `${flag}\n${"".padEnd(30)}${text}`);
+  }
+  lines.push(
+    "",
+    "Examples:",
+    "  sparse_dd -src /dev/xvda -dest /dev/xvdb -size 10737418240 -prezeroed",
+    "      copy 10 GiB to a disk known to be all zeroes: zero runs are skipped.",
+    "  sparse_dd -src /dev/xvda -dest /dev/xvdb",
+    "      copy the whole of xvda; xvdb may hold anything, so unallocated ranges are zeroed.",
+    "  sparse_dd -src disk.raw -dest copy.raw",
+    "      copy a sparse file: only its data extents are read; copy.raw stays sparse.",
+    "  sparse_dd -src /dev/xvda -dest /dev/xvdb -base /dev/xvdc",
+    "      xvdb already holds xvdc: copy only the blocks in which xvda differs from xvdc.",
+    "  sparse_dd -machine -src /dev/sm/a -dest /dev/sm/b -size 4294967296 -good-ciphersuites X",
+    "      what xapi runs: stdout carries only framed 'Progress: N' records.",
+    "",
+    "Exit codes: 0 done; 1 missing or invalid arguments; 2 unknown option; 3 source error;",
+    "4 destination error; 5 NBD error; 130 SIGINT; 143 SIGTERM.",
+  );
+  return lines.join("\n") + "\n";
+}

@@ -1,0 +1,1006 @@
+/**
+ * An NBD client and the {@linkcode Disk} on top of it: `nbd://host[:port]/export` and
+ * `nbd+unix:///export?socket=PATH` as sources and destinations.
+ *
+ * One connection carries many requests at once: each gets a cookie, a reader loop takes the
+ * replies off the socket in whatever order the server sends them and settles the matching
+ * request. Large reads and writes are split at the server's maximum block size; allocation comes
+ * from `NBD_CMD_BLOCK_STATUS` on `base:allocation`. Every failure is a {@linkcode DiskError}
+ * with `nbd = true` (exit code 5) naming the server and the offset.
+ *
+ * @module
+ */
+
+import { DiskError, type DiskOp } from "../core/disk.ts";
+import type { Disk } from "../core/disk.ts";
+import { ExtentSet } from "../core/extent.ts";
+import {
+  BASE_ALLOCATION,
+  type BlockDescriptor,
+  ChunkType,
+  ClientFlag,
+  clientFlagsFor,
+  Cmd,
+  CmdFlag,
+  commandName,
+  decodeBlockStatus,
+  decodeDataOffset,
+  decodeErrorChunk,
+  decodeExportNameReply,
+  decodeGreeting,
+  decodeInfoReply,
+  decodeMetaContextReply,
+  decodeOffsetHole,
+  decodeOptionReplyHeader,
+  decodeReplyHeader,
+  DEFAULT_MAX_BLOCK,
+  describeOptionError,
+  encodeClientFlags,
+  encodeGoData,
+  encodeMetaContextData,
+  encodeOption,
+  encodeRequestInto,
+  errnoText,
+  formatNbdUri,
+  GREETING_SIZE,
+  Info,
+  isErrorChunk,
+  isOptionError,
+  NbdProtocolError,
+  type NbdTarget,
+  Opt,
+  OPTION_REPLY_HEADER_SIZE,
+  parseNbdUri,
+  Rep,
+  RepErr,
+  ReplyFlag,
+  replyHeaderSize,
+  REQUEST_HEADER_SIZE,
+  SIMPLE_REPLY_SIZE,
+  StateFlag,
+  STRUCTURED_REPLY_HEADER_SIZE,
+  TransmissionFlag,
+} from "./protocol.ts";
+
+/** Options of {@linkcode NbdDisk.open}. */
+export interface NbdOptions {
+  /** Export name to ask for instead of the one in the URI (`-nbd-export`). */
+  exportName?: string;
+  /** Refuse read-only exports (open a destination). Default false. */
+  writable?: boolean;
+  /** Milliseconds allowed for connecting plus the handshake. Default 30 000. */
+  connectTimeoutMs?: number;
+  /** Milliseconds allowed for each request's reply; 0 waits forever. Default 120 000. */
+  requestTimeoutMs?: number;
+  /** Requests in flight at once on the connection. Default 16. */
+  maxInFlight?: number;
+  /**
+   * `zero()` asks the server to keep the range allocated (`NBD_CMD_FLAG_NO_HOLE`), for
+   * destinations that must stay thick. Default false: the server may punch holes.
+   */
+  noHole?: boolean;
+  /** Largest range asked in one `NBD_CMD_BLOCK_STATUS`. Default 1 GiB (as xapi's helper). */
+  blockStatusRange?: number;
+  /**
+   * Let `write`/`zero` return once the request is on the socket rather than when the server
+   * answers; failures surface on the next call or on `flush`. Default true.
+   */
+  writeBehind?: boolean;
+}
+
+/** What the handshake learnt about the export. */
+export interface NbdExportInfo {
+  /** Export size in bytes. */
+  size: number;
+  /** `TransmissionFlag.*` bits. */
+  transmissionFlags: number;
+  /** Structured replies were agreed (needed for block status and sparse reads). */
+  structuredReplies: boolean;
+  /** The id of `base:allocation`, when the server offers it. */
+  allocationContext?: number;
+  /** Block size constraints (1 / 4096 / 32 MiB when the server states none). */
+  minimumBlock: number;
+  preferredBlock: number;
+  maximumBlock: number;
+}
+
+const GiB = 1024 * 1024 * 1024;
+const DEFAULT_CONNECT_TIMEOUT = 30_000;
+const DEFAULT_REQUEST_TIMEOUT = 120_000;
+const DEFAULT_IN_FLIGHT = 16;
+/** Writes up to this size are sent as one buffer with their header (one syscall). */
+const COALESCE_LIMIT = 256 * 1024;
+/** Largest payload accepted for a chunk that is not data (block status, errors). */
+const MAX_META_PAYLOAD = 64 * 1024 * 1024;
+/** Largest fallback zero-buffer write when the server lacks WRITE_ZEROES. */
+const ZERO_BUFFER = 4 * 1024 * 1024;
+
+/**
+ * A buffered reader over a socket: small headers come from the buffer, large payloads land
+ * straight in their final buffer.
+ */
+class ByteReader {
+  #conn: Deno.Conn;
+  #buf = new Uint8Array(256 * 1024);
+  #start = 0;
+  #end = 0;
+
+  constructor(conn: Deno.Conn) {
+    this.#conn = conn;
+  }
+
+  async #fill(): Promise<void> {
+    const n = await this.#conn.read(this.#buf.subarray(this.#end));
+    if (n === null) throw new ConnectionClosed();
+    this.#end += n;
+  }
+
+  /** `n` bytes; the view is valid until the next call. */
+  async exact(n: number): Promise<Uint8Array> {
+    if (this.#end - this.#start >= n) {
+      const out = this.#buf.subarray(this.#start, this.#start + n);
+      this.#start += n;
+      return out;
+    }
+    if (n > this.#buf.length) {
+      const out = new Uint8Array(n);
+      await this.into(out);
+      return out;
+    }
+    this.#buf.copyWithin(0, this.#start, this.#end);
+    this.#end -= this.#start;
+    this.#start = 0;
+    while (this.#end < n) await this.#fill();
+    this.#start = n;
+    return this.#buf.subarray(0, n);
+  }
+
+  /** Fills `target` completely. */
+  async into(target: Uint8Array): Promise<void> {
+    const have = Math.min(this.#end - this.#start, target.length);
+    target.set(this.#buf.subarray(this.#start, this.#start + have));
+    this.#start += have;
+    let at = have;
+    while (at < target.length) {
+      const n = await this.#conn.read(target.subarray(at));
+      if (n === null) throw new ConnectionClosed();
+      at += n;
+    }
+  }
+
+  /** Discards `n` bytes. */
+  async skip(n: number): Promise<void> {
+    while (n > 0) {
+      const step = Math.min(n, this.#buf.length);
+      await this.exact(step);
+      n -= step;
+    }
+  }
+}
+
+class ConnectionClosed extends Error {
+  constructor() {
+    super("the server closed the connection");
+  }
+}
+
+/** One request waiting for its reply. */
+interface Pending {
+  cookie: number;
+  type: number;
+  offset: number;
+  length: number;
+  /** READ: where the data goes. */
+  buf?: Uint8Array;
+  /** READ: bytes filled by data and hole chunks. */
+  covered: number;
+  /** BLOCK_STATUS: extents of `base:allocation`. */
+  extents?: BlockDescriptor[];
+  /** The first error the server reported. */
+  error?: { errno: number; message: string; offset?: number };
+  resolve: () => void;
+  reject: (e: Error) => void;
+  timer?: ReturnType<typeof setTimeout>;
+}
+
+const CMD_OP: Record<number, DiskOp> = {
+  [Cmd.Read]: "read",
+  [Cmd.Write]: "write",
+  [Cmd.Flush]: "flush",
+  [Cmd.Trim]: "zero",
+  [Cmd.WriteZeroes]: "zero",
+  [Cmd.BlockStatus]: "allocation",
+};
+
+function nbdError(
+  name: string,
+  op: DiskOp,
+  offset: number | undefined,
+  reason: string,
+  cause?: unknown,
+): DiskError {
+  const e = new DiskError(name, op, offset, reason, cause === undefined ? undefined : { cause });
+  e.nbd = true;
+  return e;
+}
+
+function reasonOf(err: unknown): string {
+  if (err instanceof ConnectionClosed || err instanceof NbdProtocolError) return err.message;
+  if (err instanceof Deno.errors.ConnectionReset || err instanceof Deno.errors.BrokenPipe) {
+    return `connection lost (${err.message})`;
+  }
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** Writes every byte (a socket write may take only part). */
+async function writeAll(conn: Deno.Conn, b: Uint8Array): Promise<void> {
+  let at = 0;
+  while (at < b.length) at += await conn.write(b.subarray(at));
+}
+
+/**
+ * Races `p` against a timer; on timeout runs `onTimeout` (which closes the socket so `p` settles
+ * too) and rejects with `message`.
+ */
+function deadline<T>(
+  p: Promise<T>,
+  ms: number,
+  message: string,
+  onTimeout: () => void,
+): Promise<T> {
+  if (!(ms > 0)) return p;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      onTimeout();
+      reject(new Error(message));
+    }, ms);
+  });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * An NBD export as a {@linkcode Disk}.
+ *
+ * @example Copy the first MiB of an export into memory
+ * ```ts
+ * import { NbdDisk } from "./nbd_disk.ts";
+ * const disk = await NbdDisk.open("nbd+unix:///?socket=/tmp/nbd.sock");
+ * const buf = new Uint8Array(1 << 20);
+ * await disk.read(0, buf);
+ * const used = await disk.allocation(); // ExtentSet from base:allocation, or undefined
+ * await disk.close();
+ * ```
+ */
+export class NbdDisk implements Disk {
+  /** The URI, as given (or rebuilt when the export name was overridden). */
+  readonly name: string;
+  /** Where the export lives. */
+  readonly target: NbdTarget;
+  /** What the handshake learnt. */
+  readonly info: NbdExportInfo;
+  /** An NBD export is never assumed to read as zero: the user says so with `-prezeroed`. */
+  readonly knownZero = false;
+
+  readonly #conn: Deno.Conn;
+  readonly #reader: ByteReader;
+  readonly #options: Required<Omit<NbdOptions, "exportName">>;
+  readonly #pending = new Map<number, Pending>();
+  #nextCookie = 1;
+  #writeChain: Promise<void> = Promise.resolve();
+  #failure?: string;
+  #closed = false;
+  #closing?: Promise<void>;
+  #readerDone: Promise<void>;
+  /** Write-like requests not yet answered: flushes and overlapping requests wait for them. */
+  readonly #writes = new Set<{ start: number; end: number; settled: Promise<void> }>();
+  #deferred?: DiskError;
+  /** Every request not yet answered (settled, never rejecting), for a graceful close. */
+  readonly #inflight = new Set<Promise<void>>();
+  #slots: number;
+  readonly #waiters: Array<() => void> = [];
+  #zeroes?: Uint8Array;
+
+  private constructor(
+    name: string,
+    target: NbdTarget,
+    conn: Deno.Conn,
+    reader: ByteReader,
+    info: NbdExportInfo,
+    options: Required<Omit<NbdOptions, "exportName">>,
+  ) {
+    this.name = name;
+    this.target = target;
+    this.#conn = conn;
+    this.#reader = reader;
+    this.info = info;
+    this.#options = options;
+    this.#slots = options.maxInFlight;
+    this.#readerDone = this.#readLoop();
+  }
+
+  /**
+   * Connects to the export `uri` names, negotiates, and returns the disk. Connect and handshake
+   * failures are `DiskError`s of op `open`.
+   */
+  static async open(uri: string, options: NbdOptions = {}): Promise<NbdDisk> {
+    let target: NbdTarget;
+    try {
+      target = parseNbdUri(uri);
+    } catch (e) {
+      throw nbdError(uri, "open", undefined, reasonOf(e));
+    }
+    let name = uri;
+    if (options.exportName !== undefined && options.exportName !== target.exportName) {
+      target = { ...target, exportName: options.exportName };
+      name = formatNbdUri(target);
+    }
+    const opts: Required<Omit<NbdOptions, "exportName">> = {
+      writable: options.writable ?? false,
+      connectTimeoutMs: options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT,
+      requestTimeoutMs: options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT,
+      maxInFlight: Math.max(1, options.maxInFlight ?? DEFAULT_IN_FLIGHT),
+      noHole: options.noHole ?? false,
+      blockStatusRange: options.blockStatusRange ?? GiB,
+      writeBehind: options.writeBehind ?? true,
+    };
+    let conn: Deno.Conn | undefined;
+    let timedOut = false;
+    const setup = async (): Promise<[Deno.Conn, ByteReader, NbdExportInfo]> => {
+      const c = target.transport === "unix"
+        ? await Deno.connect({ transport: "unix", path: target.path })
+        : await Deno.connect({ hostname: target.host, port: target.port });
+      if (timedOut) {
+        c.close();
+        throw new Error("timed out");
+      }
+      conn = c;
+      if ("setNoDelay" in c) (c as Deno.TcpConn).setNoDelay(true);
+      const reader = new ByteReader(c);
+      const info = await handshake(c, reader, target.exportName);
+      return [c, reader, info];
+    };
+    try {
+      const [c, reader, info] = await deadline(
+        setup(),
+        opts.connectTimeoutMs,
+        `no answer within ${opts.connectTimeoutMs / 1000} s while connecting`,
+        () => {
+          timedOut = true;
+          try {
+            conn?.close();
+          } catch { /* already closed */ }
+        },
+      );
+      if (opts.writable && info.transmissionFlags & TransmissionFlag.ReadOnly) {
+        throw new Error("the export is read-only");
+      }
+      return new NbdDisk(name, target, c, reader, info, opts);
+    } catch (e) {
+      try {
+        conn?.close();
+      } catch { /* already closed */ }
+      const reason = e instanceof ConnectionClosed
+        ? "the server closed the connection during the handshake"
+        : reasonOf(e);
+      throw nbdError(name, "open", undefined, reason, e);
+    }
+  }
+
+  /** Export size in bytes. */
+  get size(): number {
+    return this.info.size;
+  }
+
+  /** True when the server implements `NBD_CMD_WRITE_ZEROES`. */
+  get canWriteZeroes(): boolean {
+    return (this.info.transmissionFlags & TransmissionFlag.SendWriteZeroes) !== 0;
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Requests
+
+  async #acquire(): Promise<void> {
+    if (this.#slots > 0) {
+      this.#slots--;
+      return;
+    }
+    await new Promise<void>((resolve) => this.#waiters.push(resolve));
+  }
+
+  #release(): void {
+    const next = this.#waiters.shift();
+    if (next) next();
+    else this.#slots++;
+  }
+
+  /**
+   * Starts one request once a slot is free: `sent` settles when its bytes are on the socket,
+   * `done` with the whole reply.
+   */
+  async #start(
+    type: number,
+    flags: number,
+    offset: number,
+    length: number,
+    opts: { payload?: Uint8Array; buf?: Uint8Array } = {},
+  ): Promise<{ sent: Promise<void>; done: Promise<Pending> }> {
+    await this.#acquire();
+    if (this.#failure !== undefined || this.#closed) {
+      this.#release();
+      throw nbdError(this.name, CMD_OP[type], offset, this.#failure ?? "the connection is closed");
+    }
+    const cookie = this.#nextCookie++;
+    let pending!: Pending;
+    const replied = new Promise<void>((resolve, reject) => {
+      pending = { cookie, type, offset, length, covered: 0, buf: opts.buf, resolve, reject };
+    });
+    this.#pending.set(cookie, pending);
+    const settled = replied.then(() => {}, () => {});
+    this.#inflight.add(settled);
+    settled.finally(() => {
+      this.#inflight.delete(settled);
+      this.#release();
+    });
+    if (this.#options.requestTimeoutMs > 0) {
+      pending.timer = setTimeout(() => {
+        this.#fail(
+          `no reply to ${commandName(type)} within ${this.#options.requestTimeoutMs / 1000} s`,
+        );
+      }, this.#options.requestTimeoutMs);
+    }
+    const sent = this.#send(type, flags, cookie, offset, length, opts.payload);
+    return { sent, done: replied.then(() => pending) };
+  }
+
+  /** Sends one request and waits for its whole reply. */
+  async #request(
+    type: number,
+    flags: number,
+    offset: number,
+    length: number,
+    opts: { payload?: Uint8Array; buf?: Uint8Array } = {},
+  ): Promise<Pending> {
+    const { done } = await this.#start(type, flags, offset, length, opts);
+    return await done;
+  }
+
+  /** The first failure of a write that was not waited for; every later call reports it. */
+  #throwDeferred(): void {
+    if (this.#deferred) throw this.#deferred;
+  }
+
+  /** Waits until no write-like request still in flight overlaps `[start, start + length)`. */
+  async #afterOverlapping(start: number, length: number): Promise<void> {
+    const end = start + length;
+    const waits: Promise<void>[] = [];
+    for (const w of this.#writes) if (w.start < end && start < w.end) waits.push(w.settled);
+    if (waits.length > 0) await Promise.all(waits);
+  }
+
+  /**
+   * A write-like request (WRITE, WRITE_ZEROES, TRIM). With write-behind (the default) it returns
+   * once the request is on the socket, so the caller's buffer is free and its next request
+   * overlaps this one's round trip; a failure is reported by the next call or by `flush`, still
+   * naming its own offset. Requests on overlapping ranges are kept in order.
+   */
+  async #writeLike(
+    type: number,
+    flags: number,
+    offset: number,
+    length: number,
+    payload?: Uint8Array,
+  ): Promise<void> {
+    this.#throwDeferred();
+    await this.#afterOverlapping(offset, length);
+    const { sent, done } = await this.#start(type, flags, offset, length, { payload });
+    const entry = {
+      start: offset,
+      end: offset + length,
+      settled: done.then(() => {}, (e: DiskError) => {
+        this.#deferred ??= e;
+      }),
+    };
+    this.#writes.add(entry);
+    entry.settled.finally(() => this.#writes.delete(entry));
+    if (this.#options.writeBehind) {
+      await sent;
+      this.#throwDeferred();
+    } else {
+      await done;
+    }
+  }
+
+  /**
+   * Queues the request bytes behind any earlier request (requests must not interleave on the
+   * socket). Settles when they are written, or skipped because the connection failed.
+   */
+  #send(
+    type: number,
+    flags: number,
+    cookie: number,
+    offset: number,
+    length: number,
+    payload?: Uint8Array,
+  ): Promise<void> {
+    const small = payload === undefined || payload.length <= COALESCE_LIMIT;
+    const head = new Uint8Array(REQUEST_HEADER_SIZE + (small && payload ? payload.length : 0));
+    encodeRequestInto(head, 0, { flags, type, cookie, offset, length });
+    if (small && payload) head.set(payload, REQUEST_HEADER_SIZE);
+    this.#writeChain = this.#writeChain.then(async () => {
+      if (this.#failure !== undefined) return;
+      try {
+        await writeAll(this.#conn, head);
+        if (!small && payload) await writeAll(this.#conn, payload);
+      } catch (e) {
+        this.#fail(reasonOf(e));
+      }
+    });
+    return this.#writeChain;
+  }
+
+  /** Breaks the connection: every waiting request fails with `reason` at its own offset. */
+  #fail(reason: string): void {
+    if (this.#failure !== undefined) return;
+    this.#failure = reason;
+    for (const p of this.#pending.values()) {
+      clearTimeout(p.timer);
+      p.reject(nbdError(this.name, CMD_OP[p.type], p.offset, reason));
+    }
+    this.#pending.clear();
+    try {
+      this.#conn.close();
+    } catch { /* already closed */ }
+  }
+
+  #settle(p: Pending): void {
+    this.#pending.delete(p.cookie);
+    clearTimeout(p.timer);
+    const op = CMD_OP[p.type];
+    if (p.error) {
+      const e = p.error;
+      const reason = `server error ${errnoText(e.errno)}${e.message ? `: ${e.message}` : ""}`;
+      p.reject(nbdError(this.name, op, e.offset ?? p.offset, reason));
+    } else if (p.type === Cmd.Read && p.covered !== p.length) {
+      const reason =
+        `protocol error: the server answered ${p.covered} of ${p.length} bytes at offset ${p.offset}`;
+      p.reject(nbdError(this.name, op, p.offset, reason));
+      this.#fail(reason);
+    } else {
+      p.resolve();
+    }
+  }
+
+  /** Takes replies off the socket until it closes, settling requests as they complete. */
+  async #readLoop(): Promise<void> {
+    const r = this.#reader;
+    const header = new Uint8Array(STRUCTURED_REPLY_HEADER_SIZE);
+    try {
+      while (true) {
+        header.set(await r.exact(SIMPLE_REPLY_SIZE));
+        if (replyHeaderSize(header) === STRUCTURED_REPLY_HEADER_SIZE) {
+          header.set(
+            await r.exact(STRUCTURED_REPLY_HEADER_SIZE - SIMPLE_REPLY_SIZE),
+            SIMPLE_REPLY_SIZE,
+          );
+        }
+        const h = decodeReplyHeader(header);
+        const p = this.#pending.get(h.cookie);
+        if (!p) throw new NbdProtocolError(`reply for unknown cookie ${h.cookie}`);
+        if (h.kind === "simple") {
+          if (h.error !== 0) {
+            p.error = { errno: h.error, message: "" };
+          } else if (p.type === Cmd.Read) {
+            await r.into(p.buf!);
+            p.covered = p.length;
+          }
+          this.#settle(p);
+          continue;
+        }
+        await this.#chunk(p, h.type, h.length);
+        if (h.flags & ReplyFlag.Done) this.#settle(p);
+      }
+    } catch (e) {
+      if (this.#closed && this.#pending.size === 0) return;
+      const reason = e instanceof NbdProtocolError
+        ? `protocol error: ${e.message}`
+        : e instanceof Deno.errors.BadResource || e instanceof Deno.errors.Interrupted
+        ? (this.#failure ?? "the connection was closed")
+        : reasonOf(e);
+      this.#fail(reason);
+    }
+  }
+
+  /** Consumes the payload of one structured chunk into its request. */
+  async #chunk(p: Pending, type: number, length: number): Promise<void> {
+    const r = this.#reader;
+    const inRange = (offset: number, n: number): void => {
+      if (offset < p.offset || offset + n > p.offset + p.length) {
+        throw new NbdProtocolError(
+          `chunk [${offset}, ${offset + n}) outside the request [${p.offset}, ${
+            p.offset + p.length
+          })`,
+        );
+      }
+    };
+    // Payloads other than data are small; a huge length is a broken server, not a reason to
+    // allocate gigabytes.
+    if (type !== ChunkType.OffsetData && length > MAX_META_PAYLOAD) {
+      throw new NbdProtocolError(`chunk of type ${type} with a ${length}-byte payload`);
+    }
+    switch (type) {
+      case ChunkType.None:
+        if (length !== 0) throw new NbdProtocolError("NBD_REPLY_TYPE_NONE with a payload");
+        return;
+      case ChunkType.OffsetData: {
+        if (p.type !== Cmd.Read || length < 8) {
+          throw new NbdProtocolError(`unexpected data chunk for ${commandName(p.type)}`);
+        }
+        const offset = decodeDataOffset(await r.exact(8));
+        const n = length - 8;
+        inRange(offset, n);
+        await r.into(p.buf!.subarray(offset - p.offset, offset - p.offset + n));
+        p.covered += n;
+        return;
+      }
+      case ChunkType.OffsetHole: {
+        if (p.type !== Cmd.Read) {
+          throw new NbdProtocolError(`unexpected hole chunk for ${commandName(p.type)}`);
+        }
+        const hole = decodeOffsetHole(await r.exact(length));
+        inRange(hole.offset, hole.length);
+        p.buf!.fill(0, hole.offset - p.offset, hole.offset - p.offset + hole.length);
+        p.covered += hole.length;
+        return;
+      }
+      case ChunkType.BlockStatus: {
+        if (p.type !== Cmd.BlockStatus) {
+          throw new NbdProtocolError(`unexpected block status for ${commandName(p.type)}`);
+        }
+        const status = decodeBlockStatus(await r.exact(length));
+        if (status.contextId === this.info.allocationContext) {
+          (p.extents ??= []).push(...status.descriptors);
+        }
+        return;
+      }
+      default: {
+        if (!isErrorChunk(type)) {
+          // Unknown informational chunks are skipped: they cannot change the outcome.
+          await r.skip(length);
+          return;
+        }
+        const e = decodeErrorChunk(await r.exact(length), type);
+        if (e.offset !== undefined) inRange(e.offset, 0);
+        p.error ??= { errno: e.error, message: e.message, offset: e.offset };
+        return;
+      }
+    }
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Disk
+
+  #check(op: DiskOp, offset: number, length: number): void {
+    if (this.#closed) throw nbdError(this.name, op, offset, "the disk is closed");
+    if (
+      !Number.isSafeInteger(offset) || offset < 0 || length < 0 || offset + length > this.size
+    ) {
+      throw nbdError(
+        this.name,
+        op,
+        offset,
+        `access of ${length} bytes outside the export [0, ${this.size})`,
+      );
+    }
+  }
+
+  /** Largest payload per request, a multiple of the minimum block size. */
+  get #maxPayload(): number {
+    const { minimumBlock, maximumBlock } = this.info;
+    return Math.max(minimumBlock, Math.floor(maximumBlock / minimumBlock) * minimumBlock);
+  }
+
+  /** Largest length of a request without payload (32-bit field). */
+  get #maxLength(): number {
+    const min = this.info.minimumBlock;
+    return Math.floor(Math.min(GiB, 0xffffffff) / min) * min;
+  }
+
+  /**
+   * Runs `fn` over `[offset, offset + length)` in pieces of at most `max`, all in flight at once
+   * (the slot limit keeps the connection busy without flooding it). When pieces fail, the one at
+   * the lowest offset is reported, after every piece has settled so no buffer is touched later.
+   */
+  async #split(
+    offset: number,
+    length: number,
+    max: number,
+    fn: (at: number, n: number) => Promise<unknown>,
+  ): Promise<void> {
+    if (length <= max) {
+      await fn(offset, length);
+      return;
+    }
+    const parts: Promise<unknown>[] = [];
+    for (let at = offset; at < offset + length; at += max) {
+      parts.push(fn(at, Math.min(max, offset + length - at)));
+    }
+    const results = await Promise.allSettled(parts);
+    for (const r of results) if (r.status === "rejected") throw r.reason;
+  }
+
+  /** Reads `buf.length` bytes at `offset`. */
+  async read(offset: number, buf: Uint8Array): Promise<void> {
+    this.#check("read", offset, buf.length);
+    if (buf.length === 0) return;
+    this.#throwDeferred();
+    await this.#afterOverlapping(offset, buf.length);
+    await this.#split(
+      offset,
+      buf.length,
+      this.#maxPayload,
+      (at, n) =>
+        this.#request(Cmd.Read, 0, at, n, {
+          buf: buf.subarray(at - offset, at - offset + n),
+        }),
+    );
+  }
+
+  /** Writes `buf` at `offset` (see `writeBehind` in {@linkcode NbdOptions}). */
+  async write(offset: number, buf: Uint8Array): Promise<void> {
+    this.#check("write", offset, buf.length);
+    if (buf.length === 0) return;
+    await this.#split(
+      offset,
+      buf.length,
+      this.#maxPayload,
+      (at, n) => this.#writeLike(Cmd.Write, 0, at, n, buf.subarray(at - offset, at - offset + n)),
+    );
+  }
+
+  /**
+   * Makes `[offset, offset + length)` read as zero with `NBD_CMD_WRITE_ZEROES` (with `NO_HOLE`
+   * when the disk was opened with `noHole`). Only a server without WRITE_ZEROES gets zero
+   * buffers written instead.
+   */
+  async zero(offset: number, length: number): Promise<void> {
+    this.#check("zero", offset, length);
+    if (length === 0) return;
+    if (this.canWriteZeroes) {
+      const flags = this.#options.noHole ? CmdFlag.NoHole : 0;
+      await this.#split(
+        offset,
+        length,
+        this.#maxLength,
+        (at, n) => this.#writeLike(Cmd.WriteZeroes, flags, at, n),
+      );
+      return;
+    }
+    const step = Math.min(ZERO_BUFFER, this.#maxPayload);
+    this.#zeroes ??= new Uint8Array(step);
+    const zeroes = this.#zeroes;
+    await this.#split(
+      offset,
+      length,
+      step,
+      (at, n) => this.#writeLike(Cmd.Write, 0, at, n, zeroes.subarray(0, n)),
+    );
+  }
+
+  /**
+   * Tells the server `[offset, offset + length)` is no longer needed (`NBD_CMD_TRIM`). Afterwards
+   * the range may read as anything; a no-op when the server does not support trimming.
+   */
+  async trim(offset: number, length: number): Promise<void> {
+    this.#check("zero", offset, length);
+    if (length === 0 || !(this.info.transmissionFlags & TransmissionFlag.SendTrim)) return;
+    await this.#split(
+      offset,
+      length,
+      this.#maxLength,
+      (at, n) => this.#writeLike(Cmd.Trim, 0, at, n),
+    );
+  }
+
+  /**
+   * Waits for every write sent so far (reporting the first that failed), then `NBD_CMD_FLUSH`
+   * (which covers only completed writes). No FLUSH on a server that does not advertise it.
+   */
+  async flush(): Promise<void> {
+    if (this.#closed) throw nbdError(this.name, "flush", undefined, "the disk is closed");
+    await Promise.all([...this.#writes].map((w) => w.settled));
+    this.#throwDeferred();
+    if (!(this.info.transmissionFlags & TransmissionFlag.SendFlush)) return;
+    await this.#request(Cmd.Flush, 0, 0, 0);
+  }
+
+  /**
+   * The ranges that may hold data, from `base:allocation`: extents flagged HOLE or ZERO are
+   * empty, as in xapi's `get_nbd_extents.py`. Queried in ranges of at most 1 GiB, those ranges
+   * in flight together. `undefined` when the server has no `base:allocation`.
+   */
+  async allocation(): Promise<ExtentSet | undefined> {
+    if (this.info.allocationContext === undefined) return undefined;
+    const size = this.size;
+    const step = this.#maxLength < this.#options.blockStatusRange
+      ? this.#maxLength
+      : this.#options.blockStatusRange;
+    const data: { start: number; length: number }[] = [];
+    const windows: Promise<void>[] = [];
+    for (let start = 0; start < size; start += step) {
+      const end = Math.min(size, start + step);
+      windows.push((async () => {
+        let at = start;
+        while (at < end) {
+          const p = await this.#request(Cmd.BlockStatus, 0, at, end - at);
+          const extents = p.extents ?? [];
+          if (extents.length === 0) {
+            throw nbdError(this.name, "allocation", at, "the server returned no extents");
+          }
+          for (const d of extents) {
+            if (d.length === 0) {
+              throw nbdError(this.name, "allocation", at, "the server returned an empty extent");
+            }
+            const n = Math.min(d.length, end - at);
+            if (!(d.flags & (StateFlag.Hole | StateFlag.Zero))) data.push({ start: at, length: n });
+            at += n;
+            if (at >= end) break;
+          }
+        }
+      })());
+    }
+    const results = await Promise.allSettled(windows);
+    for (const r of results) if (r.status === "rejected") throw r.reason;
+    return ExtentSet.of(data);
+  }
+
+  /**
+   * Waits (briefly) for requests in flight, sends `NBD_CMD_DISC` and closes the socket.
+   * Idempotent.
+   */
+  close(): Promise<void> {
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
+    if (this.#inflight.size > 0 && this.#failure === undefined) {
+      const grace = Math.min(5_000, this.#options.requestTimeoutMs || 5_000);
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([
+        Promise.all([...this.#inflight]),
+        new Promise((resolve) => timer = setTimeout(resolve, grace)),
+      ]);
+      clearTimeout(timer);
+    }
+    this.#closed = true;
+    if (this.#failure === undefined) {
+      this.#send(Cmd.Disc, 0, this.#nextCookie++, 0, 0);
+      await this.#writeChain;
+      this.#failure = "the connection is closed";
+    }
+    for (const p of this.#pending.values()) {
+      clearTimeout(p.timer);
+      p.reject(nbdError(this.name, CMD_OP[p.type], p.offset, "the disk was closed"));
+    }
+    this.#pending.clear();
+    try {
+      this.#conn.close();
+    } catch { /* already closed */ }
+    await this.#readerDone;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handshake
+
+/** Reads one option reply: header and payload (a copy). */
+async function readOptionReply(
+  r: ByteReader,
+  option: number,
+): Promise<{ type: number; payload: Uint8Array }> {
+  const h = decodeOptionReplyHeader(await r.exact(OPTION_REPLY_HEADER_SIZE), option);
+  if (h.length > 64 * 1024 * 1024) throw new NbdProtocolError("option reply too large");
+  const payload = (await r.exact(h.length)).slice();
+  return { type: h.type, payload };
+}
+
+/**
+ * Fixed newstyle negotiation: structured replies, `base:allocation`, then `NBD_OPT_GO` with the
+ * export name asking for the block size limits. Falls back to `NBD_OPT_EXPORT_NAME` for a server
+ * that does not know `NBD_OPT_GO`.
+ */
+async function handshake(
+  conn: Deno.Conn,
+  r: ByteReader,
+  exportName: string,
+): Promise<NbdExportInfo> {
+  const { handshakeFlags } = decodeGreeting(await r.exact(GREETING_SIZE));
+  const clientFlags = clientFlagsFor(handshakeFlags);
+  await writeAll(conn, encodeClientFlags(clientFlags));
+
+  await writeAll(conn, encodeOption(Opt.StructuredReply));
+  const sr = await readOptionReply(r, Opt.StructuredReply);
+  const structuredReplies = sr.type === Rep.Ack;
+  if (!structuredReplies && !isOptionError(sr.type)) {
+    throw new NbdProtocolError(`unexpected reply ${sr.type} to NBD_OPT_STRUCTURED_REPLY`);
+  }
+  if (sr.type === RepErr.TlsReqd) {
+    throw new Error(describeOptionError(Opt.StructuredReply, sr.type, sr.payload));
+  }
+
+  let allocationContext: number | undefined;
+  if (structuredReplies) {
+    await writeAll(
+      conn,
+      encodeOption(Opt.SetMetaContext, encodeMetaContextData(exportName, [BASE_ALLOCATION])),
+    );
+    while (true) {
+      const m = await readOptionReply(r, Opt.SetMetaContext);
+      if (m.type === Rep.Ack || isOptionError(m.type)) break;
+      if (m.type === Rep.MetaContext) {
+        const ctx = decodeMetaContextReply(m.payload);
+        if (ctx.name === BASE_ALLOCATION) allocationContext = ctx.id;
+      }
+    }
+  }
+
+  await writeAll(conn, encodeOption(Opt.Go, encodeGoData(exportName, [Info.BlockSize])));
+  let size: number | undefined;
+  let transmissionFlags = 0;
+  let block: { minimum: number; preferred: number; maximum: number } | undefined;
+  while (true) {
+    const g = await readOptionReply(r, Opt.Go);
+    if (g.type === Rep.Ack) break;
+    if (g.type === Rep.Info) {
+      const info = decodeInfoReply(g.payload);
+      if (info.info === "export") {
+        size = info.size;
+        transmissionFlags = info.transmissionFlags;
+      } else if (info.info === "block_size") {
+        block = info;
+      }
+      continue;
+    }
+    if (g.type === RepErr.Unsup) {
+      // An old server: the export name option enters transmission without any information.
+      await writeAll(conn, encodeOption(Opt.ExportName, new TextEncoder().encode(exportName)));
+      const reply = decodeExportNameReply(
+        await r.exact(clientFlags & ClientFlag.NoZeroes ? 10 : 134),
+      );
+      return {
+        size: reply.size,
+        transmissionFlags: reply.transmissionFlags,
+        structuredReplies,
+        allocationContext,
+        minimumBlock: 1,
+        preferredBlock: 4096,
+        maximumBlock: DEFAULT_MAX_BLOCK,
+      };
+    }
+    if (isOptionError(g.type)) {
+      throw new Error(
+        exportName === "" || g.type !== RepErr.Unknown
+          ? describeOptionError(Opt.Go, g.type, g.payload)
+          : `${describeOptionError(Opt.Go, g.type, g.payload)}: "${exportName}"`,
+      );
+    }
+    // Other reply types to GO are informational; ignore them.
+  }
+  if (size === undefined) throw new NbdProtocolError("the server sent no NBD_INFO_EXPORT");
+  if (!(transmissionFlags & TransmissionFlag.HasFlags)) transmissionFlags = 0;
+  const minimumBlock = block?.minimum ?? 1;
+  const maximumBlock = Math.max(minimumBlock, block?.maximum ?? DEFAULT_MAX_BLOCK);
+  if (minimumBlock & (minimumBlock - 1) || minimumBlock > 65536) {
+    throw new NbdProtocolError(`unusable minimum block size ${minimumBlock}`);
+  }
+  return {
+    size,
+    transmissionFlags,
+    structuredReplies,
+    allocationContext: structuredReplies ? allocationContext : undefined,
+    minimumBlock,
+    preferredBlock: block?.preferred ?? 4096,
+    maximumBlock,
+  };
+}

@@ -1,0 +1,169 @@
+/**
+ * Test helpers: run sparse_dd as a subprocess the way the binary runs, temporary directories,
+ * external commands, loop devices.
+ *
+ * @module
+ */
+
+/** The repository root. */
+export const ROOT: string = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
+/** The program's entry point. */
+export const MAIN: string = `${ROOT}/main.ts`;
+/** xapi's environment for sparse_dd and plugins: PATH only. */
+export const XAPI_PATH = "/sbin:/usr/sbin:/bin:/usr/bin";
+
+/** What a finished process left. */
+export interface RunResult {
+  code: number;
+  signal: Deno.Signal | null;
+  stdout: Uint8Array;
+  stderr: string;
+}
+
+/** Options of {@linkcode runMain}. */
+export interface RunOptions {
+  /** Run with only `PATH` in the environment, as xapi does (default true). */
+  xapiEnv?: boolean;
+  /** Extra environment variables. */
+  env?: Record<string, string>;
+  /** Kill the process after this many ms (default 10 minutes). */
+  timeoutMs?: number;
+}
+
+/**
+ * A command for `program` run as xapi runs its helpers: only `PATH` in the environment (unless
+ * `xapiEnv` is false), no stdin, output collected.
+ */
+export function xapiCommand(
+  program: string,
+  args: string[],
+  options: RunOptions = {},
+): Deno.Command {
+  const xapiEnv = options.xapiEnv ?? true;
+  return new Deno.Command(program, {
+    args,
+    clearEnv: xapiEnv,
+    env: { ...(xapiEnv ? { PATH: XAPI_PATH } : {}), ...options.env },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    signal: AbortSignal.timeout(options.timeoutMs ?? 600_000),
+  });
+}
+
+/**
+ * The argv that runs sparse_dd from source (`deno run -A main.ts`), as the compiled binary would
+ * run: same permissions, no HOME, no stdin.
+ */
+export function mainCommand(args: string[], options: RunOptions = {}): Deno.Command {
+  return xapiCommand(
+    Deno.execPath(),
+    ["run", "-A", "--quiet", "--no-lock", MAIN, ...args],
+    options,
+  );
+}
+
+/** Runs sparse_dd with `args` and collects its output. */
+export async function runMain(args: string[], options: RunOptions = {}): Promise<RunResult> {
+  const out = await mainCommand(args, options).output();
+  return {
+    code: out.code,
+    signal: out.signal,
+    stdout: out.stdout,
+    stderr: new TextDecoder().decode(out.stderr),
+  };
+}
+
+/** Runs an external command; throws with its stderr when it fails. Returns stdout as text. */
+export async function sh(
+  cmd: string,
+  args: string[],
+  options: Deno.CommandOptions = {},
+): Promise<string> {
+  const out = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped", ...options })
+    .output();
+  const stdout = new TextDecoder().decode(out.stdout);
+  if (!out.success) {
+    throw new Error(
+      `${cmd} ${args.join(" ")} failed (${out.code}): ${new TextDecoder().decode(out.stderr)}`,
+    );
+  }
+  return stdout;
+}
+
+/** Whether a command exists on PATH. */
+export async function have(cmd: string): Promise<boolean> {
+  try {
+    const out = await new Deno.Command("sh", {
+      args: ["-c", `command -v ${cmd}`],
+      stdout: "null",
+      stderr: "null",
+    }).output();
+    return out.success;
+  } catch {
+    return false;
+  }
+}
+
+/** Runs `fn` with a fresh temporary directory, removed afterwards. */
+export async function withTempDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
+  const dir = await Deno.makeTempDir({ prefix: "sparse_dd_test_" });
+  try {
+    return await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}
+
+/** Attaches `file` to a free loop device for the duration of `fn`, then detaches it. */
+export async function withLoop<T>(file: string, fn: (dev: string) => Promise<T>): Promise<T> {
+  const dev = (await sh("losetup", ["-f", "--show", file])).trim();
+  try {
+    return await fn(dev);
+  } finally {
+    await sh("losetup", ["-d", dev]).catch(() => {});
+  }
+}
+
+/** True when two files have the same bytes (`cmp -s`). */
+export async function sameBytes(a: string, b: string, bytes?: number): Promise<boolean> {
+  const args = ["-s", ...(bytes === undefined ? [] : ["-n", String(bytes)]), a, b];
+  const out = await new Deno.Command("cmp", { args, stdout: "null", stderr: "null" }).output();
+  return out.success;
+}
+
+/** Allocated bytes of a file (st_blocks × 512). */
+export async function allocatedBytes(path: string): Promise<number> {
+  const info = await Deno.stat(path);
+  return (info.blocks ?? 0) * 512;
+}
+
+/**
+ * Parses xapi's framed `-machine` stream exactly as xapi's `Sparse_encoding.Chunk.fold` does:
+ * 12-byte headers (u64 LE offset, u32 LE length) until an empty record; every payload must match
+ * `Progress: %d`. Throws on anything else.
+ */
+export function readMachineStream(
+  bytes: Uint8Array,
+): { percents: number[]; ended: boolean; trailing: number } {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const percents: number[] = [];
+  let pos = 0;
+  while (pos + 12 <= bytes.length) {
+    const offset = view.getBigUint64(pos, true);
+    const len = view.getUint32(pos + 8, true);
+    pos += 12;
+    if (len === 0) {
+      if (offset !== 0n) throw new Error(`end record with offset ${offset}`);
+      return { percents, ended: true, trailing: bytes.length - pos };
+    }
+    if (pos + len > bytes.length) throw new Error(`truncated record at ${pos - 12}`);
+    const text = new TextDecoder().decode(bytes.subarray(pos, pos + len));
+    const m = /^Progress: (-?\d+)/.exec(text);
+    if (!m) throw new Error(`payload does not match 'Progress: %d': ${JSON.stringify(text)}`);
+    percents.push(Number(m[1]));
+    pos += len;
+  }
+  if (pos !== bytes.length) throw new Error(`partial header at ${pos}`);
+  return { percents, ended: false, trailing: 0 };
+}

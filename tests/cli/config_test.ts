@@ -1,0 +1,45 @@
+import { deepStrictEqual, rejects, throws } from "node:assert/strict";
+import { loadConfig, parseConfig } from "../../src/cli/config.ts";
+import { SparseDdError } from "../../src/core/errors.ts";
+import { withTempDir } from "../_support/helpers.ts";
+
+Deno.test("key = value lines with comments, quotes and dashes are parsed with their line", () => {
+  deepStrictEqual(parseConfig("# c\n\n-nice = 3 # why\nsni='h'\n", "f"), [
+    { key: "nice", value: "3", where: "f:3" },
+    { key: "sni", value: "h", where: "f:4" },
+  ]);
+});
+
+Deno.test("a line without '=' is an error naming the file and line", () => {
+  throws(
+    () => parseConfig("ok = 1\nbroken\n", "/etc/sparse_dd.conf"),
+    (e) => e instanceof SparseDdError && e.message.startsWith("/etc/sparse_dd.conf:2:"),
+  );
+});
+
+Deno.test("missing files are fine; fragments follow the main file in sorted order", async () => {
+  deepStrictEqual(await loadConfig("/nonexistent/x.conf"), []);
+  await withTempDir(async (dir) => {
+    await Deno.writeTextFile(`${dir}/c`, "a = 1\n");
+    await Deno.mkdir(`${dir}/c.d`);
+    await Deno.writeTextFile(`${dir}/c.d/2`, "a = 3\n");
+    await Deno.writeTextFile(`${dir}/c.d/1`, "a = 2\n");
+    const keys = (await loadConfig(`${dir}/c`)).map((e) => e.value);
+    deepStrictEqual(keys, ["1", "2", "3"]);
+    await Deno.writeTextFile(`${dir}/bad`, "nonsense\n");
+    await rejects(loadConfig(`${dir}/bad`), SparseDdError);
+    // Missing beside files that exist; a directory named with a trailing slash, or relatively.
+    deepStrictEqual(await loadConfig(`${dir}/none.conf`), []);
+    deepStrictEqual((await loadConfig(`${dir}/none.conf`, `${dir}/c.d/`)).map((e) => e.value), [
+      "2",
+      "3",
+    ]);
+    const cwd = Deno.cwd();
+    Deno.chdir(dir);
+    try {
+      deepStrictEqual((await loadConfig("c")).map((e) => e.value), ["1", "2", "3"]);
+    } finally {
+      Deno.chdir(cwd);
+    }
+  });
+});
