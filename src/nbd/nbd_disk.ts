@@ -273,6 +273,8 @@ function deadline<T>(
  * ```
  */
 export class NbdDisk implements Disk {
+  /** Allocation comes from `base:allocation` block status. */
+  readonly allocationRoute = "nbd-block-status";
   /** The URI, as given (or rebuilt when the export name was overridden). */
   readonly name: string;
   /** Where the export lives. */
