@@ -14,6 +14,7 @@
  * @module
  */
 
+import { storageOf } from "../src/endpoint/endpoint.ts";
 import { ErrorCode, PluginFailure } from "./protocol.ts";
 
 /** A validated copy: what the plugin passes to `sparse_dd`. */
@@ -209,14 +210,6 @@ export async function checkDestination(path: string): Promise<"block" | "file" |
   return "new";
 }
 
-async function realPath(path: string): Promise<string> {
-  try {
-    return await Deno.realPath(path);
-  } catch {
-    return path;
-  }
-}
-
 /** The arguments `copy` and `start` take. */
 export const COPY_ARGS = ["src", "dest", "size", "base", "prezeroed", "task_ref"] as const;
 
@@ -248,6 +241,8 @@ export async function validateCopy(args: Record<string, string>): Promise<CopyRe
   await checkExistingDisk("src", src);
   await checkDestination(dest);
   if (req.base !== undefined) await checkExistingDisk("base", req.base);
-  if (await realPath(dest) === await realPath(src)) invalid("dest", dest, "is the source");
+  // The same file or device by any name (a symlink, a hard link, a second device node).
+  const [s, d] = await Promise.all([storageOf(src), storageOf(dest)]);
+  if (s && d && s.key === d.key) invalid("dest", dest, "is the source");
   return req;
 }

@@ -667,7 +667,7 @@ function openBackend(
     return new FsFileBackend(file);
   }
   // O_EXCL without O_CREAT claims a block device: EBUSY while it is mounted or claimed.
-  const flags = (write ? O_RDWR : O_RDONLY) | (create ? O_CREAT : 0) |
+  const flags = (write ? O_RDWR : O_RDONLY) | (create && !isBlock ? O_CREAT : 0) |
     (claim && isBlock ? O_EXCL : 0);
   const fd = c.open(path, flags, 0o644);
   if (claim && !isBlock) {
