@@ -177,12 +177,19 @@ export async function resolveVhdBase(inputs: VhdBaseInputs): Promise<VhdBaseResu
     owned = true;
   }
   if (source === undefined) {
-    return {
+    const r: VhdBaseResult = {
       notes: [
         `warning: -base ${label} ignored: the source ${inputs.sourceName} is not a VHD chain ` +
         `(give -src-vhd PATH): doing a full copy`,
       ],
     };
+    // Its files are still learnt, so that none of them can be the destination.
+    const base = await openChain(basePath, inputs.chain).catch(() => undefined);
+    if (base) {
+      r.baseLayers = base.layers.map((l) => l.path);
+      base.close();
+    }
+    return r;
   }
   try {
     const base = await openChain(basePath, inputs.chain);
