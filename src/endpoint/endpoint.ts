@@ -176,7 +176,9 @@ async function loopBackingFile(rdev: number, sysfsRoot: string): Promise<string 
   const minor = Number((r & 0xffn) | ((r >> 12n) & 0xffffff00n));
   if (major !== 7) return undefined;
   try {
-    const text = await Deno.readTextFile(`${sysfsRoot}/dev/block/${major}:${minor}/loop/backing_file`);
+    const text = await Deno.readTextFile(
+      `${sysfsRoot}/dev/block/${major}:${minor}/loop/backing_file`,
+    );
     const path = text.replace(/\n$/, "").replace(/ \(deleted\)$/, "");
     return path === "" ? undefined : path;
   } catch {
@@ -245,7 +247,9 @@ export async function resolveEndpoint(
     }
   }
   const choice = role === "destination" ? "raw" : options.format ?? "auto";
-  const format = stat.isCharDevice ? "raw" : stat.isBlockDevice
+  const format = stat.isCharDevice
+    ? "raw"
+    : stat.isBlockDevice
     ? (choice === "vhd" ? "vhd" : "raw")
     : formatByName(path, choice);
   const kind: EndpointKind = format === "vhd" ? "vhd" : stat.isBlockDevice ? "block" : "file";
