@@ -393,13 +393,21 @@ async function viaTapdisk(
   return undefined;
 }
 
+/** What the caller already knows of a device (it stat'ed it once): no second stat. */
+export interface KnownDevice {
+  isBlockDevice: boolean;
+  isFile: boolean;
+  rdev: number | null;
+}
+
 async function statDevice(
   ctx: Context,
   device: string,
+  known?: KnownDevice,
 ): Promise<{ major: number; minor: number } | string> {
-  let st;
+  let st: KnownDevice;
   try {
-    st = await Deno.stat(device);
+    st = known ?? await Deno.stat(device).then((i) => ({ ...i, isBlockDevice: !!i.isBlockDevice }));
   } catch (err) {
     return `cannot stat ${device}: ${describe(err)}`;
   }
@@ -457,7 +465,8 @@ async function viaBlkfront(ctx: Context, major: number, minor: number): Promise<
 
 /**
  * Finds the image behind `device`. Never throws for an unrecognised, unreadable or missing device:
- * the result then has route `none` and a `reason`.
+ * the result then has route `none` and a `reason`. `known`: the device's `stat`, when the caller
+ * already has it.
  *
  * @example
  * ```ts ignore
@@ -467,7 +476,11 @@ async function viaBlkfront(ctx: Context, major: number, minor: number): Promise<
  * else console.error(`auto-detect src vhd: None (${d.reason})`);
  * ```
  */
-export async function discover(device: string, options: DiscoveryOptions = {}): Promise<Discovery> {
+export async function discover(
+  device: string,
+  options: DiscoveryOptions = {},
+  known?: KnownDevice,
+): Promise<Discovery> {
   const ctx: Context = { options, notes: [] };
   const done = (route: DiscoveryRoute, step: Step | string): Discovery => {
     if (typeof step === "string") return { device, route: "none", reason: step, notes: ctx.notes };
@@ -481,7 +494,7 @@ export async function discover(device: string, options: DiscoveryOptions = {}): 
     }
     return r;
   };
-  const dev = await statDevice(ctx, device);
+  const dev = await statDevice(ctx, device, known);
   if (typeof dev === "string") return done("none", dev);
   const direct = await viaTapdisk(ctx, device, dev.major, dev.minor);
   if (direct) return done(direct.route ?? "none", direct);

@@ -206,6 +206,8 @@ export interface SourceKind {
   vhd: boolean;
   /** It is a local path (not a URI). */
   local: boolean;
+  /** Its device number, as stat'ed (discovery does not stat it again). */
+  rdev?: number | null;
 }
 
 /**
@@ -241,7 +243,11 @@ export async function allocationFromDiscovery(
     return undefined;
   }
 
-  const d = await discover(spec, options);
+  const d = await discover(spec, options, {
+    isBlockDevice: true,
+    isFile: false,
+    rdev: kind.rdev ?? null,
+  });
   const summary = summaryOf(d);
   const notes: string[] = [];
   const detail: string[] = [];

@@ -81,7 +81,12 @@ export async function resolveAllocation(
     ? await allocationFromDiscovery(e.spec, src, {
       ...options.discovery,
       vhdBackend: options.discovery.vhdBackend ?? options.vhdBackend,
-    }, { blockDevice: e.kind === "block", vhd: e.kind === "vhd", local: e.kind !== "nbd" })
+    }, {
+      blockDevice: e.kind === "block",
+      vhd: e.kind === "vhd",
+      local: e.kind !== "nbd",
+      rdev: e.stat?.rdev,
+    })
     : undefined;
   if (found?.extents) {
     if (found.layers) await addChainStorage(e, found.layers, "the VHD behind the source's");
