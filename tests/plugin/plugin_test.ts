@@ -24,6 +24,24 @@ import {
 
 const PYTHON = "/usr/bin/python3";
 
+/**
+ * The configuration every plugin run gets unless a test gives its own: regular files may be in
+ * the directory the tests' temporary directories are made in (the SR mounts stand-in).
+ */
+const TEST_TMP = Deno.realPathSync(
+  Deno.env.get("TMPDIR") && Deno.statSync(Deno.env.get("TMPDIR")!).isDirectory
+    ? Deno.env.get("TMPDIR")!
+    : "/tmp",
+);
+const TEST_CONF_DIR = Deno.makeTempDirSync({ prefix: "sparse_dd_plugin_conf_" });
+const TEST_CONF = `${TEST_CONF_DIR}/sparse_dd.conf`;
+Deno.writeTextFileSync(TEST_CONF, `plugin-dest-dirs = ${TEST_TMP}\n`);
+globalThis.addEventListener("unload", () => {
+  try {
+    Deno.removeSync(TEST_CONF_DIR, { recursive: true });
+  } catch { /* already gone */ }
+});
+
 // ---------------------------------------------------------------------------------------------
 // Building requests the two ways they arrive, reading answers the way xapi's peers do.
 
@@ -135,8 +153,8 @@ async function plugin(argv1: string | undefined, opts: RunOpts = {}): Promise<An
   const argv = opts.cgroup
     ? ["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', opts.cgroup, ...inner]
     : inner;
-  const out = await xapiCommand(argv[0], argv.slice(1), { env: opts.env, timeoutMs: 300_000 })
-    .output();
+  const env = { SPARSE_DD_PLUGIN_CONFIG: TEST_CONF, ...opts.env };
+  const out = await xapiCommand(argv[0], argv.slice(1), { env, timeoutMs: 300_000 }).output();
   const stdout = new TextDecoder().decode(out.stdout);
   const stderr = new TextDecoder().decode(out.stderr);
   strictEqual(out.code, 0, `the plugin exited ${out.code}; stderr: ${stderr}`);
@@ -462,6 +480,7 @@ function testConfig(stateDir: string): PluginConfig {
     xapiSocket: "/nonexistent",
     self: [Deno.execPath(), "run", "-A", "--quiet", "--no-lock", MAIN],
     maxAgeMs: 3600_000,
+    configFile: TEST_CONF,
     log: () => {},
   };
 }
@@ -634,9 +653,10 @@ Deno.test("the state directory is cleaned up: old finished operations, dead work
   await withTempDir(async (dir) => {
     const store = new OpStore(`${dir}/state`);
     const req = { src: "/a", dest: "/b", prezeroed: false };
-    const old = await store.create(req, "s");
-    const fresh = await store.create(req, "s");
-    const orphan = await store.create(req, "s");
+    await Deno.mkdir(`${dir}/state`, { mode: 0o700 });
+    const old = await store.create(req);
+    const fresh = await store.create(req);
+    const orphan = await store.create(req);
     const now = Date.now();
     for (const [id, hoursAgo] of [[old, 30], [fresh, 1]] as const) {
       const op = (await store.read(id))!;
