@@ -122,6 +122,9 @@ export async function privateDirectory(dir: string, create: boolean): Promise<bo
     await Deno.mkdir(parent, { recursive: true, mode: 0o755 });
     try {
       await Deno.mkdir(path, { mode: 0o700 });
+      // Exactly 0700 whatever the umask; a directory just made cannot have been swapped yet
+      // unless its parent is unsafe, which is refused below.
+      await Deno.chmod(path, 0o700);
     } catch (err) {
       if (!(err instanceof Deno.errors.AlreadyExists)) throw err;
     }
