@@ -323,6 +323,21 @@ export async function createDestination(path: string, value: string): Promise<vo
   await Deno.chmod(path, 0o600);
 }
 
+/**
+ * The destination: a local disk by {@linkcode resolveDisk}, which may be a new file. (A remote
+ * destination, a URL, is not a local path: it is recognised here, before the rule for files.)
+ *
+ * @example
+ * ```ts
+ * import { resolveDestination } from "./validate.ts";
+ * await resolveDestination("/var/run/sr-mount/SR/new.raw", { fileDirs: ["/var/run/sr-mount"] });
+ * // { path: "/run/sr-mount/SR/new.raw", kind: "new" }
+ * ```
+ */
+export function resolveDestination(value: string, policy: DiskPolicy): Promise<ResolvedDisk> {
+  return resolveDisk("dest", value, policy, true);
+}
+
 /** The arguments `copy` and `start` take. */
 export const COPY_ARGS = ["src", "dest", "size", "base", "prezeroed", "task_ref"] as const;
 
@@ -342,7 +357,7 @@ export async function validateCopy(
 ): Promise<CopyRequest> {
   checkKnown(args, COPY_ARGS);
   const srcText = checkPathSyntax("src", required(args, "src"));
-  const destText = checkPathSyntax("dest", required(args, "dest"));
+  const destText = required(args, "dest");
   const sizeText = optional(args, "size");
   const baseText = optional(args, "base");
   const prezeroedText = optional(args, "prezeroed");
@@ -355,7 +370,7 @@ export async function validateCopy(
   const base = baseText === undefined
     ? undefined
     : await resolveDisk("base", baseText, policy, false);
-  const dest = await resolveDisk("dest", destText, policy, true);
+  const dest = await resolveDestination(destText, policy);
   if (dest.path === src.path || (dest.id !== undefined && dest.id === src.id)) {
     invalid("dest", destText, "is the source");
   }
