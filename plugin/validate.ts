@@ -24,7 +24,7 @@
  */
 
 import { posix } from "node:path";
-import { parseBytes } from "../src/cli/flags.ts";
+import { parseBytes } from "../src/cli/values.ts";
 import { ErrorCode, PluginFailure } from "./protocol.ts";
 import { isWithin, untrustedReason } from "./trust.ts";
 
