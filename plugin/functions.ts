@@ -50,19 +50,7 @@ async function copyRequest(req: PluginRequest, config: PluginConfig): Promise<Co
   return validateCopy(req.args, { fileDirs: await loadFileDirs(config.configFile) });
 }
 
-/** The state directory, once known to be root's alone; undefined when it does not exist. */
-async function openStore(config: PluginConfig, create: boolean): Promise<OpStore | undefined> {
-  try {
-    return await OpStore.open(config.stateDir, create);
-  } catch (err) {
-    if (err instanceof UnsafeDirectory) {
-      throw new PluginFailure(ErrorCode.UnsafeStateDir, [err.path, err.reason]);
-    }
-    throw err;
-  }
-}
-
-/** Unsafe entries met while reading the state are reported as such. */
+/** An unsafe state directory (or entry in it) is reported as such, never used. */
 async function guarded<T>(f: () => Promise<T>): Promise<T> {
   try {
     return await f();
@@ -72,6 +60,11 @@ async function guarded<T>(f: () => Promise<T>): Promise<T> {
     }
     throw err;
   }
+}
+
+/** The state directory, once known to be root's alone; undefined when it does not exist. */
+function openStore(config: PluginConfig, create: boolean): Promise<OpStore | undefined> {
+  return guarded(() => OpStore.open(config.stateDir, create));
 }
 
 /** `copy`: runs the copy to the end; returns sparse_dd's stats as JSON. */
