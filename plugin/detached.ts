@@ -23,7 +23,7 @@ import { copyArgv, failureMessage, runCopyChild } from "./child.ts";
 import type { PluginConfig } from "./config.ts";
 import { posix } from "node:path";
 import { type OpState, OpStore } from "./ops.ts";
-import { privateDirectory } from "./trust.ts";
+import { privateDirectory, readNoFollow } from "./trust.ts";
 import type { CopyRequest } from "./validate.ts";
 import { TaskProgress } from "./xenapi.ts";
 
@@ -124,6 +124,7 @@ export async function runWorker(opDir: string, config: PluginConfig): Promise<vo
   const store = new OpStore(stateDir);
   if (!(await store.checkOpDir(id).then(() => true, () => false))) return;
   opDir = store.opDir(id);
+  const statsFile = `${opDir}/stats.json`;
   let logFile: Deno.FsFile | undefined;
   try {
     logFile = Deno.openSync(`${opDir}/worker.log`, { write: true, createNew: true, mode: 0o600 });
@@ -175,7 +176,9 @@ export async function runWorker(opDir: string, config: PluginConfig): Promise<vo
     }
     if (await store.cancelRequested(id)) cancelled = true;
     if (!cancelled) {
-      const argv = [...config.self, ...copyArgv(req, `${opDir}/stats.json`)];
+      // Made here (O_EXCL, 0600) so the name sparse_dd writes through is a file of the worker's.
+      Deno.openSync(statsFile, { write: true, createNew: true, mode: 0o600 }).close();
+      const argv = [...config.self, ...copyArgv(req, statsFile)];
       log(`running ${JSON.stringify(argv)}`);
       const result = await runCopyChild(argv, {
         onSpawn: (pid) => {
@@ -195,7 +198,7 @@ export async function runWorker(opDir: string, config: PluginConfig): Promise<vo
         op.state = "success";
         op.percent = 100;
         try {
-          op.stats = JSON.parse(await Deno.readTextFile(`${opDir}/stats.json`));
+          op.stats = JSON.parse(await readNoFollow(statsFile));
         } catch (err) {
           log(`stats: ${err}`);
         }
