@@ -84,6 +84,45 @@ Deno.test("dest outside plugin-dest-dirs is refused in every disguise, and nothi
   });
 });
 
+Deno.test("a path another user could swap between the check and the copy is refused", async () => {
+  await withHost(async (h) => {
+    const src = `${h.sr}/src.raw`;
+    await sparseFile(src, 1 << 20, 8);
+    // A directory in the SR others may write (no sticky bit): anyone could rename entries there.
+    await Deno.mkdir(`${h.sr}/open`);
+    await Deno.chmod(`${h.sr}/open`, 0o777);
+    await Deno.writeTextFile(`${h.sr}/open/existing.raw`, "");
+    // A sticky one: entries root owns are safe there, someone else's are not.
+    await Deno.mkdir(`${h.sr}/sticky`);
+    await Deno.chmod(`${h.sr}/sticky`, 0o1777);
+    await Deno.writeTextFile(`${h.sr}/sticky/theirs.raw`, "");
+    await Deno.chown(`${h.sr}/sticky/theirs.raw`, NOBODY, NOBODY);
+    await Deno.copyFile(src, `${h.sr}/open/src.raw`);
+    const cases: [string, Record<string, string>, RegExp][] = [
+      ["dest", { src, dest: `${h.sr}/open/new.raw` }, /open is writable by other users/],
+      ["dest", { src, dest: `${h.sr}/open/existing.raw` }, /open is writable by other users/],
+      ["dest", { src, dest: `${h.sr}/sticky/theirs.raw` }, /owned by uid 65534/],
+      ["src", { src: `${h.sr}/open/src.raw`, dest: `${h.sr}/d.raw` }, /writable by other/],
+    ];
+    for (const [name, args, reason] of cases) {
+      const e = expectFailure(
+        await plugin(xapiForm("copy", args), { env: h.env }),
+        "SPARSE_DD_INVALID_ARGUMENT",
+        name,
+        args[name],
+      );
+      assert(reason.test(e[3]), e[3]);
+    }
+    assert(!(await exists(`${h.sr}/open/new.raw`)));
+    assert(!(await exists(`${h.sr}/d.raw`)));
+    strictEqual((await Deno.stat(`${h.sr}/sticky/theirs.raw`)).size, 0);
+    // Root's own file in the sticky directory is fine.
+    expectSuccess(
+      await plugin(xapiForm("copy", { src, dest: `${h.sr}/sticky/mine.raw` }), { env: h.env }),
+    );
+  });
+});
+
 Deno.test("a block device must be a real device node under /dev: one planted elsewhere is refused", async () => {
   await withHost(async (h) => {
     const src = `${h.sr}/src.raw`;
