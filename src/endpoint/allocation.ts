@@ -20,6 +20,7 @@ import type { VhdChain } from "../vhd/chain.ts";
 import { resolveVhdBase } from "../vhd/delta.ts";
 import type { VhdBackend } from "../vhd/libvhd.ts";
 import { deviceVhdAllocation } from "../vhd/vhd_disk.ts";
+import { errorText } from "../core/error_text.ts";
 import { addChainStorage, type Endpoint, storageOf } from "./endpoint.ts";
 
 /** Where the allocation came from, and what else the user should know. */
@@ -150,7 +151,7 @@ export async function resolveBase(
   if (baseVhd === undefined && base?.kind === "block" && options.discovery) {
     const found = await vhdBehindDevice(base.spec, options.discovery).catch((err) => ({
       vhd: undefined,
-      reason: err instanceof Error ? err.message : String(err),
+      reason: errorText(err),
     }));
     if (found.vhd) baseVhd = found.vhd;
     else notes.push(`no VHD found behind -base ${base.spec}: ${found.reason}`);
