@@ -340,3 +340,36 @@ Deno.test("the plugin passes the format explicitly: vhd only for a name ending i
   ok(vhd.join(" ").includes("-src /sr/a.vhd -src-format vhd"), vhd.join(" "));
   ok(vhd.join(" ").includes("-base /sr/b.vhd -base-format vhd"), vhd.join(" "));
 });
+
+Deno.test("-base-format vhd reads a base whose name says nothing as a VHD; without it, raw", async () => {
+  await withTempDir(async (dir) => {
+    const [a, b] = chainWriters(["a.vhd", "b.vhd"], { size: 4 * MiB, blockSize: MiB });
+    a.write(0, new Uint8Array(2 * MiB).fill(0xa1));
+    b.write(3 * MiB, new Uint8Array(MiB).fill(0xb2));
+    await a.save(`${dir}/a.vhd`);
+    await b.save(`${dir}/b.vhd`);
+    await Deno.copyFile(`${dir}/a.vhd`, `${dir}/base.img`); // the same layer (footer UUID)
+    const run = (extra: string[]) =>
+      runMain([
+        "-src",
+        `${dir}/b.vhd`,
+        "-dest",
+        `${dir}/d.raw`,
+        "-base",
+        `${dir}/base.img`,
+        ...extra,
+        "-json",
+        ...NO_CONFIG,
+      ]);
+    let r = await run(["-base-format", "vhd"]);
+    strictEqual(r.code, 0, r.stderr);
+    strictEqual(JSON.parse(new TextDecoder().decode(r.stdout)).unchangedBytes, 3 * MiB);
+    r = await run([]);
+    strictEqual(r.code, 0, r.stderr);
+    match(r.stderr, /-base .*base\.img is not a VHD chain .*-base-format vhd/);
+    strictEqual(JSON.parse(new TextDecoder().decode(r.stdout)).unchangedBytes, 0);
+    r = await run(["-base-format", "qcow2"]);
+    strictEqual(r.code, 1);
+    match(r.stderr, /invalid -base-format value 'qcow2'/);
+  });
+});
