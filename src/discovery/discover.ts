@@ -218,6 +218,13 @@ function describe(err: unknown): string {
   return errorText(err);
 }
 
+/** Reads a small file, refusing anything but a regular file: a FIFO would block forever. */
+async function readRegularFile(path: string): Promise<string> {
+  const info = await Deno.stat(path);
+  if (!info.isFile) throw new Error("not a regular file");
+  return await Deno.readTextFile(path);
+}
+
 function stateText(state: number | undefined): string {
   return state === undefined ? "unknown" : state === 0 ? "0" : `0x${state.toString(16)}`;
 }
@@ -240,7 +247,7 @@ async function blockMajorNames(ctx: Context): Promise<Map<number, string>> {
   if (ctx.devices) return ctx.devices;
   const file = `${ctx.options.procfsRoot ?? "/proc"}/devices`;
   try {
-    ctx.devices = parseProcDevices(await Deno.readTextFile(file)).block;
+    ctx.devices = parseProcDevices(await readRegularFile(file)).block;
   } catch (err) {
     ctx.notes.push(`cannot read ${file}: ${describe(err)}`);
     ctx.devices = new Map();
@@ -332,7 +339,7 @@ async function viaNbd(ctx: Context, device: string, major: number, minor: number
   const file = `${ctx.options.runRoot ?? "/var/run"}/nonpersistent/nbd/${n}`;
   let text;
   try {
-    text = await Deno.readTextFile(file);
+    text = await readRegularFile(file);
   } catch (err) {
     return { reason: `no NBD connection record ${file} (${describe(err)})` };
   }

@@ -9,6 +9,7 @@ import { SparseDdError } from "../../src/core/errors.ts";
 import { chainWriters } from "../_support/vhd_writer.ts";
 import { ROOT, runMain, sameBytes, sh, withLoop, withTempDir } from "../_support/helpers.ts";
 import { copyArgv } from "../../plugin/child.ts";
+import { discover } from "../../src/discovery/discover.ts";
 
 const NO_CONFIG = ["-config", "/nonexistent/sparse_dd.conf"];
 const MiB = 1024 * 1024;
@@ -371,5 +372,22 @@ Deno.test("-base-format vhd reads a base whose name says nothing as a VHD; witho
     r = await run(["-base-format", "qcow2"]);
     strictEqual(r.code, 1);
     match(r.stderr, /invalid -base-format value 'qcow2'/);
+  });
+});
+
+Deno.test("discovery reads no FIFO either: an NBD connection record that is one is a reason", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.mkdir(`${dir}/run/nonpersistent/nbd`, { recursive: true });
+    await sh("mkfifo", [`${dir}/run/nonpersistent/nbd/0`]);
+    await sh("mknod", [`${dir}/nbd0`, "b", "43", "0"]);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const hung = new Promise<"hung">((r) => timer = setTimeout(() => r("hung"), 20_000));
+    try {
+      const d = await Promise.race([discover(`${dir}/nbd0`, { runRoot: `${dir}/run` }), hung]);
+      ok(d !== "hung", "discovery waited on the FIFO");
+      match(d.reason ?? "", /no NBD connection record .*nbd\/0 \(not a regular file\)/);
+    } finally {
+      clearTimeout(timer);
+    }
   });
 });
