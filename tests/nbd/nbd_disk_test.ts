@@ -9,6 +9,14 @@ import { ExtentSet } from "../../src/core/extent.ts";
 import { NbdDisk } from "../../src/nbd/nbd_disk.ts";
 import {
   ChunkType,
+  HandshakeFlag,
+  Opt,
+  Rep,
+  ReplyFlag,
+  type Request,
+  TransmissionFlag,
+} from "../../src/nbd/protocol.ts";
+import {
   decodeClientFlags,
   decodeOptionHeader,
   decodeRequest,
@@ -19,13 +27,7 @@ import {
   encodeOffsetData,
   encodeOffsetHole,
   encodeOptionReply,
-  HandshakeFlag,
-  Opt,
-  Rep,
-  ReplyFlag,
-  type Request,
-  TransmissionFlag,
-} from "../../src/nbd/protocol.ts";
+} from "../_support/nbd_server.ts";
 import { ExitCode } from "../../src/core/errors.ts";
 import { runMain, sameBytes, sh, withTempDir } from "../_support/helpers.ts";
 import { qemuRawToVhd } from "../_support/vhd_tools.ts";
