@@ -568,6 +568,53 @@ export function decodeInfoReply(b: Uint8Array): InfoReply {
   }
 }
 
+/** The block size constraints of an export (`NBD_INFO_BLOCK_SIZE`). */
+export interface BlockLimits {
+  minimum: number;
+  preferred: number;
+  maximum: number;
+}
+
+/**
+ * The block size constraints to use for an export of `size` bytes: the server's (checked), or
+ * 1 / 4096 / 32 MiB when it stated none. The minimum and preferred sizes must be powers of 2
+ * (the minimum at most 64 KiB, the preferred at least the minimum); the maximum a multiple of
+ * the minimum (or 0xffffffff), at least the smaller of the preferred size and 32 MiB, and never
+ * below 512 bytes; the size a multiple of the minimum. Anything else is a protocol error: a
+ * 1-byte maximum would turn one read into millions of requests.
+ *
+ * @example
+ * ```ts
+ * import { blockLimits } from "./protocol.ts";
+ * blockLimits(undefined, 1 << 20); // { minimum: 1, preferred: 4096, maximum: 33554432 }
+ * blockLimits({ minimum: 1, preferred: 4096, maximum: 1 }, 1 << 20); // throws NbdProtocolError
+ * ```
+ */
+export function blockLimits(block: BlockLimits | undefined, size: number): BlockLimits {
+  if (block === undefined) return { minimum: 1, preferred: 4096, maximum: DEFAULT_MAX_BLOCK };
+  const { minimum, preferred, maximum } = block;
+  const pow2 = (n: number) => n > 0 && (n & (n - 1)) === 0;
+  const sizes = `block sizes ${minimum}/${preferred}/${maximum} (minimum/preferred/maximum)`;
+  if (!pow2(minimum) || minimum > 65536) {
+    throw new NbdProtocolError(`unusable minimum block size in ${sizes}`);
+  }
+  if (!pow2(preferred) || preferred < minimum) {
+    throw new NbdProtocolError(`unusable preferred block size in ${sizes}`);
+  }
+  if (
+    maximum !== 0xffffffff &&
+    (maximum % minimum !== 0 || maximum < Math.min(preferred, DEFAULT_MAX_BLOCK) || maximum < 512)
+  ) {
+    throw new NbdProtocolError(`unusable maximum block size in ${sizes}`);
+  }
+  if (size % minimum !== 0) {
+    throw new NbdProtocolError(
+      `export size ${size} is not a multiple of the minimum block size ${minimum}`,
+    );
+  }
+  return { minimum, preferred, maximum };
+}
+
 /**
  * Decodes an `NBD_REP_META_CONTEXT` payload.
  *
