@@ -10,7 +10,6 @@ import { deepStrictEqual, ok as assert, strictEqual } from "node:assert/strict";
 import { VERSION } from "../../src/version.ts";
 import { handleRequest } from "../../plugin/main.ts";
 import { type OpState, OpStore } from "../../plugin/ops.ts";
-import { RecordReader } from "../../plugin/child.ts";
 import type { PluginConfig } from "../../plugin/config.ts";
 import {
   MAIN,
@@ -663,23 +662,6 @@ Deno.test("the state directory is cleaned up: old finished operations, dead work
       [fresh, orphan].sort(),
     );
   });
-});
-
-Deno.test("the progress reader follows xapi's framing across arbitrary chunk boundaries", () => {
-  const records: number[] = [];
-  const enc = (p: number) => {
-    const body = new TextEncoder().encode(`Progress: ${p}`);
-    const out = new Uint8Array(12 + body.length);
-    new DataView(out.buffer).setUint32(8, body.length, true);
-    out.set(body, 12);
-    return out;
-  };
-  const parts = [0, 1, 50, 99, 100].map(enc);
-  const all = new Uint8Array([...parts.flatMap((p) => [...p]), ...new Uint8Array(12)]);
-  const r = new RecordReader();
-  for (let i = 0; i < all.length; i += 5) records.push(...r.push(all.subarray(i, i + 5)));
-  deepStrictEqual(records, [0, 1, 50, 99, 100]);
-  assert(r.ended);
 });
 
 // ---------------------------------------------------------------------------------------------
