@@ -59,6 +59,8 @@ export const LIES = [
   "minimum-block-not-power-of-2",
   "option-reply-huge",
   "option-reply-wrong-option",
+  "no-export-info",
+  "export-info-bad-length",
   "read-only",
   // Reads
   "duplicate-chunk",
@@ -256,7 +258,13 @@ export function startHostileNbd(options: HostileOptions): Promise<HostileServer>
         const tflags = TransmissionFlag.HasFlags | TransmissionFlag.SendFlush |
           TransmissionFlag.SendWriteZeroes | TransmissionFlag.SendTrim |
           (lie === "read-only" ? TransmissionFlag.ReadOnly : 0);
-        await c.write(encodeOptionReply(h.option, Rep.Info, exportInfo(size, tflags)));
+        if (lie === "export-info-bad-length") {
+          await c.write(
+            encodeOptionReply(h.option, Rep.Info, exportInfo(size, tflags).subarray(0, 10)),
+          );
+        } else if (lie !== "no-export-info") {
+          await c.write(encodeOptionReply(h.option, Rep.Info, exportInfo(size, tflags)));
+        }
         const block = lie === "max-block-1"
           ? { minimum: 1, preferred: 4096, maximum: 1 }
           : lie === "max-block-below-minimum"
@@ -428,11 +436,14 @@ export function startHostileNbd(options: HostileOptions): Promise<HostileServer>
           case "extents-1-byte-many": {
             // True, but one extent per byte (up to 2^20 of them in one reply).
             const n = Math.min(r.length, 1 << 20);
-            const ds = Array.from({ length: n }, (_, i) => ({
-              length: 1,
-              flags: data[r.offset + i] === 0 ? 3 : 0,
-            }));
-            await c.write(status(ds));
+            const body = new Uint8Array(4 + 8 * n);
+            const v = new DataView(body.buffer);
+            v.setUint32(0, ALLOCATION_ID);
+            for (let i = 0; i < n; i++) {
+              v.setUint32(4 + 8 * i, 1);
+              v.setUint32(8 + 8 * i, data[r.offset + i] === 0 ? 3 : 0);
+            }
+            await c.write(done(ChunkType.BlockStatus, body));
             return;
           }
           case "extent-zero-length":

@@ -40,6 +40,8 @@ const DESTINATION_LIES: ReadonlySet<Lie> = new Set<Lie>([
   "minimum-block-not-power-of-2",
   "option-reply-huge",
   "option-reply-wrong-option",
+  "no-export-info",
+  "export-info-bad-length",
   "read-only",
   "unknown-cookie",
   "reply-not-in-flight",
@@ -59,6 +61,8 @@ const HANDSHAKE: ReadonlySet<Lie> = new Set<Lie>([
   "minimum-block-not-power-of-2",
   "option-reply-huge",
   "option-reply-wrong-option",
+  "no-export-info",
+  "export-info-bad-length",
   "read-only",
 ]);
 
@@ -87,7 +91,7 @@ async function sparseDd(args: string[]) {
     MAIN,
     ...args,
     "-nbd-timeout",
-    "2",
+    "5",
     "-config",
     "/nonexistent/sparse_dd.conf",
   ], { timeoutMs: 60_000 }).output();
