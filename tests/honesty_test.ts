@@ -20,7 +20,7 @@ const LOOP_SIZE = 4 << 20;
 const KiB = 1024;
 
 type SourceKind = "raw" | "vhd" | "chain" | "nbd";
-type DestKind = "absent" | "shorter" | "longer" | "ff" | "zero" | "loop";
+type DestKind = "absent" | "shorter" | "longer" | "ff" | "zero" | "loop" | "loopzero";
 
 interface Case {
   seed: number;
@@ -52,11 +52,19 @@ function pickSize(r: Prng, sectorMultiple: boolean): number {
 function pickCase(seed: number): Case {
   const r = new Prng(seed);
   const source = (["raw", "raw", "raw", "vhd", "chain", "nbd"] as const)[r.int(6)];
-  const dest = (["absent", "shorter", "longer", "ff", "zero", "loop", "loop"] as const)[r.int(7)];
+  const dest = (["absent", "shorter", "longer", "ff", "zero", "loop", "loop", "loopzero"] as const)[
+    r.int(8)
+  ];
   // qemu-img's VHDs hold whole sectors.
   let diskSize = pickSize(r, source === "vhd" || source === "chain");
-  if (dest === "loop") diskSize = Math.min(diskSize, LOOP_SIZE);
-  let size = r.chance(0.2) ? r.int(diskSize + 1) : r.chance(0.5) ? diskSize : undefined;
+  if (dest === "loop" || dest === "loopzero") diskSize = Math.min(diskSize, LOOP_SIZE);
+  let size = r.chance(0.02)
+    ? 0
+    : r.chance(0.2)
+    ? r.int(diskSize + 1)
+    : r.chance(0.5)
+    ? diskSize
+    : undefined;
   let fault: Case["fault"];
   if (r.chance(0.08)) {
     fault = (["size-too-large", "device-too-small", "missing-source"] as const)[r.int(3)];
@@ -87,7 +95,7 @@ function pickCase(seed: number): Case {
     threads: r.chance(0.5) ? 1 : 2,
     unbuffered: r.chance(0.5),
     // Only where it is true: a destination that reads as zero.
-    prezeroed: (dest === "zero" || dest === "absent") && r.chance(0.6),
+    prezeroed: (dest === "zero" || dest === "absent" || dest === "loopzero") && r.chance(0.6),
   };
 }
 
@@ -303,9 +311,10 @@ async function runCase(root: string, c: Case, loops: LoopPool): Promise<string |
       await Deno.truncate(dest, before.length);
       break;
     case "loop":
+    case "loopzero":
       loop = await loops.take();
       dest = loop;
-      before = garbage(LOOP_SIZE);
+      before = c.dest === "loop" ? garbage(LOOP_SIZE) : new Uint8Array(LOOP_SIZE);
       await writeWhole(dest, before);
       break;
   }
@@ -348,7 +357,7 @@ async function runCase(root: string, c: Case, loops: LoopPool): Promise<string |
         if (after[i] !== before[i]) return `exit 0 but byte ${i} past -size changed — ${what}`;
       }
     }
-    if (c.dest !== "loop") {
+    if (!loop) {
       const st = await Deno.stat(dest);
       const want = Math.max(size, before?.length ?? 0);
       if (st.size !== want) {
