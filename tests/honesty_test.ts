@@ -3,9 +3,11 @@
  * runs: whenever sparse_dd exits 0, the destination holds the source's bytes over `[0, size)`
  * (`cmp -n SIZE`) and every byte past `-size` is as it was; whenever it does not, stderr names
  * what failed. Sources: raw files with holes, zero runs inside data and data in the last sector,
- * odd sizes, qemu-img VHDs and VHD chains, nbdkit exports. Destinations: absent, shorter, longer,
- * 0xFF-filled files and loop devices full of garbage; `-prezeroed` only where it is true;
- * `-threads 1|2`, `-unbuffered true|false`.
+ * odd sizes, qemu-img VHDs, VHD chains, nbdkit exports, loop devices. Destinations: absent,
+ * shorter, longer, 0xFF-filled files, loop devices full of garbage or zeroes; `-prezeroed` only
+ * where it is true; `-threads 1|2`, `-unbuffered true|false`; and copies that cannot be done
+ * (`-size` past the source, a device too small, a missing source), refused untouched.
+ * `HONESTY_CASES` and `HONESTY_SEED` choose other runs.
  */
 import { ok } from "node:assert/strict";
 import { mainCommand, sameBytes, sh, withTempDir } from "./_support/helpers.ts";
@@ -19,7 +21,7 @@ const LOOPS = 4;
 const LOOP_SIZE = 4 << 20;
 const KiB = 1024;
 
-type SourceKind = "raw" | "vhd" | "chain" | "nbd";
+type SourceKind = "raw" | "vhd" | "chain" | "nbd" | "device";
 type DestKind = "absent" | "shorter" | "longer" | "ff" | "zero" | "loop" | "loopzero";
 
 interface Case {
@@ -51,12 +53,12 @@ function pickSize(r: Prng, sectorMultiple: boolean): number {
 
 function pickCase(seed: number): Case {
   const r = new Prng(seed);
-  const source = (["raw", "raw", "raw", "vhd", "chain", "nbd"] as const)[r.int(6)];
+  const source = (["raw", "raw", "raw", "vhd", "chain", "nbd", "device"] as const)[r.int(7)];
   const dest = (["absent", "shorter", "longer", "ff", "zero", "loop", "loop", "loopzero"] as const)[
     r.int(8)
   ];
-  // qemu-img's VHDs hold whole sectors.
-  let diskSize = pickSize(r, source === "vhd" || source === "chain");
+  // VHDs and block devices hold whole sectors.
+  let diskSize = pickSize(r, source !== "raw" && source !== "nbd");
   if (dest === "loop" || dest === "loopzero") diskSize = Math.min(diskSize, LOOP_SIZE);
   let size = r.chance(0.02)
     ? 0
@@ -283,6 +285,11 @@ async function runCase(root: string, c: Case, loops: LoopPool): Promise<string |
     const s = await nbdkitFile(dir, raw);
     src = s.uri;
     stopServer = s.stop;
+  } else if (c.source === "device") {
+    // A loop device over the reference, as xapi copies device to device.
+    const dev = (await sh("losetup", ["-f", "--show", "-r", raw])).trim();
+    src = dev;
+    stopServer = () => sh("losetup", ["-d", dev]).then(() => {});
   }
 
   const size = c.size ?? c.diskSize;
