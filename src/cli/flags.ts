@@ -282,6 +282,8 @@ export async function parse(argv: string[]): Promise<ParseResult> {
   const configNotes: string[] = [];
   const entries = await loadConfig(configFile, values["config-dir"] as string | undefined);
   for (const e of entries) {
+    // The plugin's setting (plugin/config.ts), in the same file: not the command line's business.
+    if (e.key === "plugin-dest-dirs") continue;
     const spec = FLAGS[e.key];
     if (
       !spec || e.key === "config" || e.key === "config-dir" || e.key === "help" ||
