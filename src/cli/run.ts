@@ -172,7 +172,7 @@ export async function runCopy(
     }
     // A disk can still fail after its last request (an NBD server's stray reply): its close
     // reports that, and a copy over a broken connection is no clean copy.
-    await src.close().catch((err) => {
+    await src.disk.close().catch((err) => {
       throw tag(err, "source");
     });
     await dst.close().catch((err) => {
