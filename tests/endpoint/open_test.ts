@@ -85,17 +85,26 @@ Deno.test("a mounted block device is refused as a destination, untouched (O_EXCL
     await sh("mkfs.ext4", ["-q", "-F", img]);
     const src = `${dir}/src.raw`;
     await Deno.writeFile(src, new Uint8Array(16 * MiB).fill(0x42));
+    const mnt = `${dir}/mnt`;
+    await Deno.mkdir(mnt);
     await withLoop(img, async (dev) => {
-      const mnt = `${dir}/mnt`;
-      await Deno.mkdir(mnt);
       await sh("mount", [dev, mnt]);
       try {
         await Deno.writeTextFile(`${mnt}/keep.txt`, "precious");
-        const before = await Deno.readFile(dev);
         const r = await runMain(["-src", src, "-dest", dev, ...NO_CONFIG]);
         strictEqual(r.code, 4, r.stderr);
         match(r.stderr, /cannot open \/dev\/loop\d+: the device is in use \(mounted/);
-        ok(equalBytes(await Deno.readFile(dev), before), "nothing was written");
+      } finally {
+        await sh("umount", [mnt]);
+      }
+      // The mounted file system writes its own metadata meanwhile: look for the source's bytes.
+      const onDisk = await Deno.readFile(dev);
+      for (let at = 0; at < onDisk.length; at += 4096) {
+        ok(!onDisk.subarray(at, at + 4096).every((b) => b === 0x42), `source data at ${at}`);
+      }
+      await sh("mount", [dev, mnt]);
+      try {
+        strictEqual(await Deno.readTextFile(`${mnt}/keep.txt`), "precious");
       } finally {
         await sh("umount", [mnt]);
       }
@@ -106,8 +115,3 @@ Deno.test("a mounted block device is refused as a destination, untouched (O_EXCL
     });
   });
 });
-
-/** Byte equality without assert's (very slow) diff of megabytes. */
-function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && a.every((x, i) => x === b[i]);
-}
