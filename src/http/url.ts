@@ -72,8 +72,8 @@ const REDACTED = "<redacted>";
  */
 export function redactSecrets(text: string): string {
   return text
-    .replace(/(\b[a-z][a-z0-9+.-]*:\/\/)[^/\s@?#]*@/gi, `$1${REDACTED}@`)
-    .replace(/(session_id(?:=|%3D))[^&;\s#'"<>]*/gi, `$1${REDACTED}`);
+    .replace(/(\b[a-z][a-z0-9+.-]*:\/\/)(?!<redacted>@)[^/\s@?#]*@/gi, `$1${REDACTED}@`)
+    .replace(/(session_id(?:=|%3D))(?!<redacted>)[^&;\s#'"<>]*/gi, `$1${REDACTED}`);
 }
 
 /**

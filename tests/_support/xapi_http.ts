@@ -12,9 +12,21 @@
 export type Behaviour =
   | { kind: "chunked"; file: string; closeAfter?: number; stallAfter?: number }
   | { kind: "nbd"; socket: string; headerName?: string }
+  /** The upgrade answered by an oldstyle NBD server of its own writing into `file` (nbdkit
+   * 1.32's `--oldstyle` advertises FLUSH but refuses it, and qemu-nbd has no oldstyle). */
+  | { kind: "nbd-oldstyle"; file: string }
   | { kind: "status"; line: string; headers?: string[] }
   | { kind: "stall-head" }
   | { kind: "truncated-head" };
+
+import {
+  Cmd,
+  decodeRequest,
+  encodeOldstyleGreeting,
+  encodeSimpleReply,
+  REQUEST_HEADER_SIZE,
+  TransmissionFlag,
+} from "../../src/nbd/protocol.ts";
 
 /** What one connection saw. */
 export interface Received {
@@ -83,6 +95,7 @@ export class XapiSide {
   readonly #handlers: Promise<void>[] = [];
   readonly #conns = new Set<Deno.Conn>();
   #loop?: Promise<void>;
+  readonly #stopping = Promise.withResolvers<void>();
 
   private constructor(readonly listener: Deno.Listener, readonly behaviour: Behaviour) {}
 
@@ -122,6 +135,7 @@ export class XapiSide {
 
   /** Stops listening and drops every connection. */
   async stop(): Promise<void> {
+    this.#stopping.resolve();
     try {
       this.listener.close();
     } catch { /* closed */ }
@@ -176,12 +190,17 @@ export class XapiSide {
       case "status":
         await writeAll(
           conn,
-          enc.encode(`HTTP/1.1 ${b.line}\r\n${(b.headers ?? []).map((h) => `${h}\r\n`).join("")}\r\n`),
+          enc.encode(
+            `HTTP/1.1 ${b.line}\r\n${(b.headers ?? []).map((h) => `${h}\r\n`).join("")}\r\n`,
+          ),
         );
         return;
       case "nbd": {
         const upstream = await Deno.connect({ transport: "unix", path: b.socket });
-        await writeAll(conn, enc.encode(`HTTP/1.1 200 OK\r\n${b.headerName ?? "Transfer-encoding"}: nbd\r\n\r\n`));
+        await writeAll(
+          conn,
+          enc.encode(`HTTP/1.1 200 OK\r\n${b.headerName ?? "Transfer-encoding"}: nbd\r\n\r\n`),
+        );
         if (r.buf.length > 0) await writeAll(upstream, r.buf);
         const pump = async (from: Deno.Conn, to: Deno.Conn) => {
           const buf = new Uint8Array(1 << 20);
@@ -202,6 +221,42 @@ export class XapiSide {
         await Promise.all([pump(conn, upstream), pump(upstream, conn)]);
         return;
       }
+      case "nbd-oldstyle": {
+        const file = await Deno.open(b.file, { read: true, write: true });
+        try {
+          const size = (await file.stat()).size;
+          await writeAll(conn, enc.encode("HTTP/1.1 200 OK\r\ntransfer-encoding: nbd\r\n\r\n"));
+          const flags = TransmissionFlag.HasFlags | TransmissionFlag.SendFlush;
+          await writeAll(conn, encodeOldstyleGreeting(size, flags));
+          while (true) {
+            const h = await r.take(REQUEST_HEADER_SIZE);
+            if (h === null) return;
+            const req = decodeRequest(h);
+            if (req.type === Cmd.Disc) {
+              rec.ended = true;
+              return;
+            }
+            if (req.type === Cmd.Write) {
+              const data = await r.take(req.length);
+              if (data === null) return;
+              await file.seek(req.offset, Deno.SeekMode.Start);
+              let at = 0;
+              while (at < data.length) at += await file.write(data.subarray(at));
+              rec.frames++;
+              rec.bytes += req.length;
+            } else if (req.type === Cmd.Flush) {
+              await file.sync();
+            } else {
+              rec.error = `unexpected NBD command ${req.type}`;
+              await writeAll(conn, encodeSimpleReply(22, req.cookie));
+              continue;
+            }
+            await writeAll(conn, encodeSimpleReply(0, req.cookie));
+          }
+        } finally {
+          file.close();
+        }
+      }
       case "chunked": {
         await writeAll(conn, enc.encode("HTTP/1.1 200 OK\r\n\r\n"));
         const file = await Deno.open(b.file, { write: true });
@@ -213,7 +268,7 @@ export class XapiSide {
             }
             if (b.stallAfter !== undefined && rec.bytes >= b.stallAfter) {
               // Stops reading: sparse_dd's writes block once the socket buffers are full.
-              await new Promise((resolve) => setTimeout(resolve, 60_000));
+              await this.#stopping.promise;
               return;
             }
             const h = await r.take(12);
@@ -267,24 +322,58 @@ export async function makeCa(
   const run = async (args: string[]) => {
     const out = await new Deno.Command("openssl", { args, stdout: "null", stderr: "piped" })
       .output();
-    if (!out.success) throw new Error(`openssl ${args[0]}: ${new TextDecoder().decode(out.stderr)}`);
+    if (!out.success) {
+      throw new Error(`openssl ${args[0]}: ${new TextDecoder().decode(out.stderr)}`);
+    }
   };
   const ca = `${dir}/${label}-ca`;
   await run([
-    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", `${ca}.key`, "-out", `${ca}.pem`,
-    "-days", "2", "-subj", `/CN=${label} test CA`,
+    "req",
+    "-x509",
+    "-newkey",
+    "rsa:2048",
+    "-nodes",
+    "-keyout",
+    `${ca}.key`,
+    "-out",
+    `${ca}.pem`,
+    "-days",
+    "2",
+    "-subj",
+    `/CN=${label} test CA`,
   ]);
   const certs: Record<string, { cert: string; key: string }> = {};
   for (const name of names) {
     const base = `${dir}/${label}-${name}`;
     await run([
-      "req", "-newkey", "rsa:2048", "-nodes", "-keyout", `${base}.key`, "-out", `${base}.csr`,
-      "-subj", `/CN=${name}`,
+      "req",
+      "-newkey",
+      "rsa:2048",
+      "-nodes",
+      "-keyout",
+      `${base}.key`,
+      "-out",
+      `${base}.csr`,
+      "-subj",
+      `/CN=${name}`,
     ]);
     await Deno.writeTextFile(`${base}.ext`, `subjectAltName=DNS:${name}\n`);
     await run([
-      "x509", "-req", "-in", `${base}.csr`, "-CA", `${ca}.pem`, "-CAkey", `${ca}.key`,
-      "-CAcreateserial", "-out", `${base}.pem`, "-days", "2", "-extfile", `${base}.ext`,
+      "x509",
+      "-req",
+      "-in",
+      `${base}.csr`,
+      "-CA",
+      `${ca}.pem`,
+      "-CAkey",
+      `${ca}.key`,
+      "-CAcreateserial",
+      "-out",
+      `${base}.pem`,
+      "-days",
+      "2",
+      "-extfile",
+      `${base}.ext`,
     ]);
     certs[name] = { cert: `${base}.pem`, key: `${base}.key` };
   }
