@@ -17,6 +17,7 @@ import { copyArgv, failureMessage, runCopyChild } from "./child.ts";
 import type { PluginConfig } from "./config.ts";
 import { type OpState, OpStore } from "./ops.ts";
 import { TaskProgress } from "./xenapi.ts";
+import { redactSecrets } from "../src/http/url.ts";
 
 /** The hidden argv[0] that makes the binary a worker. */
 export const WORKER_FLAG = "--xapi-plugin-worker";
@@ -72,7 +73,9 @@ export async function runWorker(opDir: string, config: PluginConfig): Promise<vo
   const logFile = `${opDir}/worker.log`;
   const log = (line: string) => {
     try {
-      Deno.writeTextFileSync(logFile, `${new Date().toISOString()} ${line}\n`, { append: true });
+      // A URL destination's session id and credentials never reach the log.
+      const text = redactSecrets(line);
+      Deno.writeTextFileSync(logFile, `${new Date().toISOString()} ${text}\n`, { append: true });
     } catch { /* the directory is gone */ }
   };
   const loaded = await store.read(id).catch(() => undefined);

@@ -15,13 +15,19 @@
  */
 
 import { ErrorCode, PluginFailure } from "./protocol.ts";
+import { isRemoteUrl, parseRemoteUrl, redactSecrets } from "../src/http/url.ts";
 
 /** A validated copy: what the plugin passes to `sparse_dd`. */
 export interface CopyRequest {
   /** Absolute path of an existing block device or regular file. */
   src: string;
-  /** Absolute path of an existing block device or regular file, or a new file. */
+  /** Absolute path of an existing block device or regular file, or a new file; or an http(s)
+   * URL of xapi's chunked import or NBD proxy (docs/remote.md). */
   dest: string;
+  /** `-dest-proto` for a URL destination: `nbd` or `chunked`. */
+  destProto?: "nbd" | "chunked";
+  /** `-nbd-export` for a URL destination. */
+  nbdExport?: string;
   /** Bytes to copy; absent: the source's size. */
   size?: number;
   /** Absolute path of an existing block device or regular file. */
@@ -218,7 +224,38 @@ async function realPath(path: string): Promise<string> {
 }
 
 /** The arguments `copy` and `start` take. */
-export const COPY_ARGS = ["src", "dest", "size", "base", "prezeroed", "task_ref"] as const;
+export const COPY_ARGS = [
+  "src",
+  "dest",
+  "size",
+  "base",
+  "prezeroed",
+  "task_ref",
+  "dest_proto",
+  "nbd_export",
+] as const;
+
+/**
+ * An http(s) destination: a URL sparse_dd can open, with no control characters; errors show it
+ * with its session id and credentials redacted.
+ *
+ * @example
+ * ```ts
+ * import { checkRemoteDestination } from "./validate.ts";
+ * checkRemoteDestination("https://10.0.0.2/import_raw_vdi?vdi=OpaqueRef:x&session_id=OpaqueRef:s");
+ * ```
+ */
+export function checkRemoteDestination(url: string): string {
+  const shown = redactSecrets(url);
+  if (url.length > 8192) invalid("dest", shown, "is longer than 8192 characters");
+  if (/[\x00-\x20\x7f]/.test(url)) invalid("dest", shown, "holds spaces or control characters");
+  try {
+    parseRemoteUrl(url);
+  } catch (e) {
+    invalid("dest", shown, redactSecrets((e as Error).message));
+  }
+  return url;
+}
 
 /**
  * Validates the arguments of `copy`/`start`.
@@ -232,7 +269,9 @@ export const COPY_ARGS = ["src", "dest", "size", "base", "prezeroed", "task_ref"
 export async function validateCopy(args: Record<string, string>): Promise<CopyRequest> {
   checkKnown(args, COPY_ARGS);
   const src = checkPathSyntax("src", required(args, "src"));
-  const dest = checkPathSyntax("dest", required(args, "dest"));
+  const destText = required(args, "dest");
+  const remote = isRemoteUrl(destText);
+  const dest = remote ? checkRemoteDestination(destText) : checkPathSyntax("dest", destText);
   const sizeText = optional(args, "size");
   const base = optional(args, "base");
   const prezeroedText = optional(args, "prezeroed");
@@ -245,9 +284,33 @@ export async function validateCopy(args: Record<string, string>): Promise<CopyRe
   if (sizeText !== undefined) req.size = parseSize("size", sizeText);
   if (base !== undefined) req.base = checkPathSyntax("base", base);
   if (taskText !== undefined) req.taskRef = parseRef("task_ref", taskText);
+  const destProto = optional(args, "dest_proto");
+  const nbdExport = optional(args, "nbd_export");
+  if (!remote && (destProto !== undefined || nbdExport !== undefined)) {
+    const name = destProto !== undefined ? "dest_proto" : "nbd_export";
+    invalid(name, args[name], "only for an http(s) dest");
+  }
+  if (destProto !== undefined) {
+    if (destProto !== "nbd" && destProto !== "chunked") {
+      invalid("dest_proto", destProto, "expected nbd or chunked");
+    }
+    req.destProto = destProto;
+  }
+  if (nbdExport !== undefined) {
+    if (nbdExport.length > 4096 || /[\x00-\x1f\x7f]/.test(nbdExport)) {
+      invalid(
+        "nbd_export",
+        nbdExport,
+        "is longer than 4096 characters or holds control characters",
+      );
+    }
+    req.nbdExport = nbdExport;
+  }
   await checkExistingDisk("src", src);
-  await checkDestination(dest);
+  if (!remote) await checkDestination(dest);
   if (req.base !== undefined) await checkExistingDisk("base", req.base);
-  if (await realPath(dest) === await realPath(src)) invalid("dest", dest, "is the source");
+  if (!remote && await realPath(dest) === await realPath(src)) {
+    invalid("dest", dest, "is the source");
+  }
   return req;
 }
