@@ -56,24 +56,47 @@ async function writeAll(c: Deno.Conn, b: Uint8Array): Promise<void> {
   while (at < b.length) at += await c.write(b.subarray(at));
 }
 
-/** A reader that keeps what it read ahead. */
+/** A reader that keeps what it read ahead; large takes land straight in their buffer. */
 class Reader {
-  buf = new Uint8Array(0);
+  #buf = new Uint8Array(1 << 20);
+  #start = 0;
+  #end = 0;
   constructor(readonly conn: Deno.Conn) {}
+  /** What was read and not taken yet. */
+  get buf(): Uint8Array {
+    return this.#buf.subarray(this.#start, this.#end);
+  }
+  set buf(rest: Uint8Array) {
+    // Only ever a tail of the current view (what is left after a head).
+    this.#start = this.#end - rest.length;
+  }
   async more(): Promise<boolean> {
-    const chunk = new Uint8Array(1 << 20);
-    const n = await this.conn.read(chunk);
+    if (this.#end === this.#buf.length) {
+      this.#buf.copyWithin(0, this.#start, this.#end);
+      this.#end -= this.#start;
+      this.#start = 0;
+      if (this.#end === this.#buf.length) {
+        const bigger = new Uint8Array(this.#buf.length * 2);
+        bigger.set(this.#buf);
+        this.#buf = bigger;
+      }
+    }
+    const n = await this.conn.read(this.#buf.subarray(this.#end));
     if (n === null) return false;
-    const next = new Uint8Array(this.buf.length + n);
-    next.set(this.buf);
-    next.set(chunk.subarray(0, n), this.buf.length);
-    this.buf = next;
+    this.#end += n;
     return true;
   }
   async take(n: number): Promise<Uint8Array | null> {
-    while (this.buf.length < n) if (!await this.more()) return null;
-    const out = this.buf.slice(0, n);
-    this.buf = this.buf.subarray(n);
+    const out = new Uint8Array(n);
+    const have = Math.min(n, this.#end - this.#start);
+    out.set(this.#buf.subarray(this.#start, this.#start + have));
+    this.#start += have;
+    let at = have;
+    while (at < n) {
+      const got = await this.conn.read(out.subarray(at));
+      if (got === null) return null;
+      at += got;
+    }
     return out;
   }
 }
