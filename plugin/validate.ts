@@ -248,6 +248,7 @@ export const COPY_ARGS = [
 export function checkRemoteDestination(url: string): string {
   const shown = redactSecrets(url);
   if (url.length > 8192) invalid("dest", shown, "is longer than 8192 characters");
+  // deno-lint-ignore no-control-regex
   if (/[\x00-\x20\x7f]/.test(url)) invalid("dest", shown, "holds spaces or control characters");
   try {
     parseRemoteUrl(url);
@@ -297,6 +298,7 @@ export async function validateCopy(args: Record<string, string>): Promise<CopyRe
     req.destProto = destProto;
   }
   if (nbdExport !== undefined) {
+    // deno-lint-ignore no-control-regex
     if (nbdExport.length > 4096 || /[\x00-\x1f\x7f]/.test(nbdExport)) {
       invalid(
         "nbd_export",

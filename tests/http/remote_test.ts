@@ -30,7 +30,14 @@ function url(scheme: string, port: number, path = "/import_raw_vdi"): string {
 }
 
 /** Runs sparse_dd and checks that no secret leaked into stderr or the stats file. */
-async function run(dir: string, args: string[]): Promise<RunResult & { stats?: any }> {
+/** The stats a run wrote (`-stats-file`). */
+interface Stats {
+  dest: string;
+  size: number;
+  bytesWritten: number;
+}
+
+async function run(dir: string, args: string[]): Promise<RunResult & { stats?: Stats }> {
   const statsFile = `${dir}/stats-${crypto.randomUUID().slice(0, 6)}.json`;
   const r = await runMain([...args, "-stats-file", statsFile], { timeoutMs: 60_000 });
   for (const text of [r.stderr, await Deno.readTextFile(statsFile).catch(() => "")]) {
@@ -174,7 +181,7 @@ for (const prezeroed of [false, true]) {
         // Progress is bytes sent: with -prezeroed only the data quanta travel.
         if (prezeroed) assert.ok(got.bytes < size / 4, `${got.bytes} bytes sent`);
         else assert.equal(got.bytes, size);
-        assert.equal(r.stats.dest.includes("<redacted>"), true);
+        assert.equal(r.stats!.dest.includes("<redacted>"), true);
         const out = await Deno.readFile(dest);
         assertSame(out, want);
         // Nothing past -size: the byte after the copy is untouched.
@@ -302,7 +309,7 @@ Deno.test("NBD upgrade to nbdkit memory: -machine, -size larger than the source 
         assert.equal(r.code, 0, r.stderr);
         assert.equal(r.stderr, "");
         assert.ok(readMachineStream(r.stdout).ended);
-        assert.equal(r.stats.size, size);
+        assert.equal(r.stats!.size, size);
       });
       await sh("nbdcopy", [`nbd+unix:///?socket=${socket}`, `${dir}/back.raw`]);
       assertSame(await Deno.readFile(`${dir}/back.raw`), want);
@@ -331,7 +338,7 @@ Deno.test("NBD upgrade to qemu-nbd with its export name, -base -prezeroed from a
           "-prezeroed",
         ]);
         assert.equal(r.code, 0, r.stderr);
-        assert.ok(r.stats.bytesWritten <= changed, `${r.stats.bytesWritten} bytes written`);
+        assert.ok(r.stats!.bytesWritten <= changed, `${r.stats!.bytesWritten} bytes written`);
       });
     });
     assertSame(await Deno.readFile(dest), want);
