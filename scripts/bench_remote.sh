@@ -4,7 +4,7 @@
 # https, next to nbdcopy and a Python sender of xapi's chunked frames. Prints a Markdown table.
 #
 # Usage: bash scripts/bench_remote.sh
-# Environment: BENCH_RUNS=N (default 3), BENCH_REMOTE_SIZE=BYTES (default 4 GiB),
+# Environment: BENCH_RUNS=N (default 3), BENCH_REMOTE_SIZE=BYTES (default 4 GiB), BENCH_ONLY=REGEX,
 #              SPARSE_DD="cmd" (default: deno run -A main.ts)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

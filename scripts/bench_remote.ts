@@ -8,9 +8,11 @@
  * OCaml tool's protocol: SEEK_DATA extents in 2 MiB frames) for the chunked path.
  *
  * Each row is run BENCH_RUNS times (default 3) after one warm-up; the median wall time is
- * reported, with the load average before the runs. Prints a Markdown table on stdout.
+ * reported with the median CPU time (user + system) of the sending process, which the load of
+ * a shared machine disturbs far less, and the load average. Prints a Markdown table on stdout.
  *
- * Usage: deno run -A scripts/bench_remote.ts   (see scripts/bench_remote.sh)
+ * Usage: deno run -A scripts/bench_remote.ts   (see scripts/bench_remote.sh); BENCH_ONLY=REGEX
+ * runs only the rows whose name matches.
  *
  * @module
  */
@@ -26,19 +28,18 @@ const SD =
   (Deno.env.get("SPARSE_DD") ?? `${Deno.execPath()} run -A --quiet --no-lock ${ROOT}/main.ts`)
     .split(" ");
 
-async function run(argv: string[], env: Record<string, string> = {}): Promise<number> {
-  const t0 = performance.now();
-  const out = await new Deno.Command(argv[0], {
-    args: argv.slice(1),
+/** Runs `argv` under /usr/bin/time: wall seconds, and the CPU seconds (user + system) it used. */
+async function run(argv: string[]): Promise<{ wall: number; cpu: number }> {
+  const out = await new Deno.Command("/usr/bin/time", {
+    args: ["-f", "TIME %e %U %S", ...argv],
     stdout: "null",
     stderr: "piped",
-    env,
   }).output();
-  const seconds = (performance.now() - t0) / 1000;
-  if (!out.success) {
-    throw new Error(`${argv.join(" ")} failed: ${new TextDecoder().decode(out.stderr)}`);
-  }
-  return seconds;
+  const err = new TextDecoder().decode(out.stderr);
+  if (!out.success) throw new Error(`${argv.join(" ")} failed: ${err}`);
+  const m = /TIME ([\d.]+) ([\d.]+) ([\d.]+)\s*$/.exec(err);
+  if (!m) throw new Error(`no timing from /usr/bin/time: ${err}`);
+  return { wall: Number(m[1]), cpu: Number(m[2]) + Number(m[3]) };
 }
 
 /** A sparse file of SIZE bytes: 10% data in 1-8 MiB runs of random bytes. */
@@ -208,17 +209,27 @@ async function main() {
       },
     ];
     const load = (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ");
-    const results: Array<{ name: string; median: number; all: number[] }> = [];
+    const results: Array<{ name: string; median: number; all: number[]; cpu: number }> = [];
+    const only = Deno.env.get("BENCH_ONLY");
     for (const row of rows) {
+      if (only && !new RegExp(only).test(row.name)) continue;
       const times: number[] = [];
+      const cpus: number[] = [];
       for (let i = 0; i <= RUNS; i++) {
         await row.prep?.();
         const t = await run(row.argv);
-        if (i > 0) times.push(t);
+        if (i > 0) {
+          times.push(t.wall);
+          cpus.push(t.cpu);
+        }
       }
-      const sorted = [...times].sort((a, b) => a - b);
-      results.push({ name: row.name, median: sorted[Math.floor(sorted.length / 2)], all: times });
-      console.error(`${row.name}: ${times.map((t) => t.toFixed(2)).join(" ")} s`);
+      const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+      results.push({ name: row.name, median: median(times), all: times, cpu: median(cpus) });
+      console.error(
+        `${row.name}: ${times.map((t) => t.toFixed(2)).join(" ")} s, cpu ${
+          cpus.map((t) => t.toFixed(2)).join(" ")
+        } s`,
+      );
     }
     const endLoad = (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ");
     const lines = [
@@ -226,24 +237,31 @@ async function main() {
         (data / MiB).toFixed(0)
       } MiB ` +
       `of data (${((100 * data) / SIZE).toFixed(0)}%), -prezeroed; loopback TCP; ${RUNS} runs ` +
-      `after a warm-up, median wall time (the process's start included). Load average ${load} ` +
+      `after a warm-up, medians of the wall time and of the sender's CPU time (user + system; the ` +
+      `process's start included; the receiving side runs on the same CPUs). Load average ${load} ` +
       `before, ${endLoad} after (${navigator.hardwareConcurrency} CPUs, shared).`,
       "",
-      "| destination | time (s) | runs (s) |",
-      "| --- | ---: | --- |",
+      "| destination | wall (s) | CPU of the sender (s) | wall, each run (s) |",
+      "| --- | ---: | ---: | --- |",
       ...results.map((r) =>
-        `| ${r.name} | ${r.median.toFixed(2)} | ${r.all.map((t) => t.toFixed(2)).join(", ")} |`
+        `| ${r.name} | ${r.median.toFixed(2)} | ${r.cpu.toFixed(2)} | ${
+          r.all.map((t) => t.toFixed(2)).join(", ")
+        } |`
       ),
     ];
-    const get = (n: string) => results.find((r) => r.name === n)!.median;
-    const tlsCost = (a: string, b: string) => (100 * (get(b) - get(a))) / get(a);
+    const get = (n: string, cpu = false) => {
+      const r = results.find((r) => r.name === n);
+      return r ? (cpu ? r.cpu : r.median) : NaN;
+    };
+    const pct = (a: string, b: string, cpu = false) =>
+      ((100 * (get(b, cpu) - get(a, cpu))) / get(a, cpu)).toFixed(0);
     lines.push(
       "",
-      `TLS cost over http (sparse_dd): chunked ${
-        tlsCost("chunked, http: sparse_dd", "chunked, https: sparse_dd").toFixed(0)
-      }%, NBD upgrade ${
-        tlsCost("NBD upgrade, http: sparse_dd", "NBD upgrade, https: sparse_dd").toFixed(0)
-      }%.`,
+      `TLS cost over http (sparse_dd), wall / CPU: chunked ${
+        pct("chunked, http: sparse_dd", "chunked, https: sparse_dd")
+      }% / ${pct("chunked, http: sparse_dd", "chunked, https: sparse_dd", true)}%, NBD upgrade ${
+        pct("NBD upgrade, http: sparse_dd", "NBD upgrade, https: sparse_dd")
+      }% / ${pct("NBD upgrade, http: sparse_dd", "NBD upgrade, https: sparse_dd", true)}%.`,
     );
     console.log(lines.join("\n"));
   } finally {

@@ -158,6 +158,9 @@ async function connectTls(target: RemoteTarget, settings: TlsSettings): Promise<
   if (settings.sni !== undefined) options.servername = settings.sni;
   if (settings.ciphers) options.ciphers = settings.ciphers;
   const socket = tls.connect(options);
+  // As for plain TCP: NBD's request, reply, request pattern must not wait for delayed ACKs
+  // (Nagle's algorithm held each request's tail: 3x slower NBD over TLS).
+  socket.setNoDelay(true);
   const stream = new TlsSocketStream(socket);
   try {
     await new Promise<void>((resolve, reject) => {
