@@ -64,6 +64,7 @@ import {
   STRUCTURED_REPLY_HEADER_SIZE,
   TransmissionFlag,
 } from "./protocol.ts";
+import { errorText } from "../core/error_text.ts";
 
 /**
  * What the client needs of a connection: a socket (`Deno.Conn`), or a stream that was
@@ -254,7 +255,7 @@ function reasonOf(err: unknown): string {
   if (err instanceof Deno.errors.ConnectionReset || err instanceof Deno.errors.BrokenPipe) {
     return `connection lost (${err.message})`;
   }
-  return err instanceof Error ? err.message : String(err);
+  return errorText(err);
 }
 
 /** Writes every byte (a socket write may take only part). */

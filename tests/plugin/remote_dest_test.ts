@@ -5,8 +5,9 @@
  */
 
 import assert from "node:assert/strict";
-import { MAIN, withTempDir, xapiCommand } from "../_support/helpers.ts";
+import { withTempDir } from "../_support/helpers.ts";
 import { XapiSide } from "../_support/xapi_http.ts";
+import { plugin as runPlugin, xapiForm } from "./harness.ts";
 
 const SECRET = "OpaqueRef:plugin-5e55-10n";
 const PASSWORD = "pl-pw-42";
@@ -15,48 +16,16 @@ function url(port: number, path = "/import_raw_vdi"): string {
   return `http://root:${PASSWORD}@127.0.0.1:${port}${path}?vdi=OpaqueRef:v&session_id=${SECRET}`;
 }
 
-function esc(s: string): string {
-  return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
-}
-
-/** xapi's one-line methodCall. */
-function call(fn: string, args: Record<string, string>): string {
-  const members = Object.entries(args)
-    .map(([k, v]) => `<member><name>${k}</name><value>${esc(v)}</value></member>`).join("");
-  return `<methodCall><methodName>${fn}</methodName><params><param><value>OpaqueRef:s</value>` +
-    `</param><param><value><struct>${members}</struct></value></param></params></methodCall>`;
-}
-
-/** Runs the plugin; returns Python's reading of the answer: ["ok", value] or ["fault", [...]]. */
+/** Runs the plugin as xapi does (tests/plugin/harness.ts); no answer may hold a secret. */
 async function plugin(
   fn: string,
   args: Record<string, string>,
   env: Record<string, string>,
-): Promise<{ ok: boolean; value: string; error: string[]; raw: string }> {
-  const out = await xapiCommand(
-    Deno.execPath(),
-    ["run", "-A", "--quiet", "--no-lock", MAIN, "--xapi-plugin", call(fn, args)],
-    { env, timeoutMs: 120_000 },
-  ).output();
-  assert.equal(out.code, 0);
-  const raw = new TextDecoder().decode(out.stdout);
-  const py = await new Deno.Command("/usr/bin/python3", {
-    args: [
-      "-c",
-      "import sys, json, xmlrpc.client as x\n" +
-      "r = x.loads(sys.argv[1])[0][0]\n" +
-      "print(json.dumps(r))",
-      raw,
-    ],
-    stdout: "piped",
-  }).output();
-  const r = JSON.parse(new TextDecoder().decode(py.stdout));
-  for (const text of [raw, new TextDecoder().decode(out.stderr)]) {
-    assert.ok(!text.includes(SECRET) && !text.includes(PASSWORD), `secret echoed: ${text}`);
-  }
-  return r.Status === "Success"
-    ? { ok: true, value: r.Value, error: [], raw }
-    : { ok: false, value: "", error: r.ErrorDescription, raw };
+): Promise<{ ok: boolean; value: string; error: string[] }> {
+  const a = await runPlugin(xapiForm(fn, args), { env });
+  const text = JSON.stringify(a);
+  assert.ok(!text.includes(SECRET) && !text.includes(PASSWORD), `secret echoed: ${text}`);
+  return { ok: a.status === "Success", value: a.value ?? "", error: a.error ?? [] };
 }
 
 async function source(path: string, size: number): Promise<Uint8Array> {
