@@ -11,6 +11,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 
 ensure_deno
-ensure_apt libnbd-bin nbdkit openssl python3
+ensure_apt libnbd-bin nbdkit openssl python3 time
 
 exec deno run -A --quiet --no-lock scripts/bench_remote.ts
