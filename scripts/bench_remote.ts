@@ -28,8 +28,19 @@ const SD =
   (Deno.env.get("SPARSE_DD") ?? `${Deno.execPath()} run -A --quiet --no-lock ${ROOT}/main.ts`)
     .split(" ");
 
-/** Runs `argv` under /usr/bin/time: wall seconds, and the CPU seconds (user + system) it used. */
-async function run(argv: string[]): Promise<{ wall: number; cpu: number }> {
+/** CPU seconds (user + system) this process has used: the receiving side runs here. */
+function ownCpu(): number {
+  const fields = Deno.readTextFileSync("/proc/self/stat").replace(/^.*\) /, "").split(" ");
+  // utime and stime are fields 14 and 15 (11 and 12 after the command name), in 1/100 s.
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+/**
+ * Runs `argv` under /usr/bin/time: wall seconds, the CPU seconds (user + system) it used, and
+ * the CPU seconds the receiving side (this process) used meanwhile.
+ */
+async function run(argv: string[]): Promise<{ wall: number; cpu: number; receiver: number }> {
+  const before = ownCpu();
   const out = await new Deno.Command("/usr/bin/time", {
     args: ["-f", "TIME %e %U %S", ...argv],
     stdout: "null",
@@ -39,7 +50,7 @@ async function run(argv: string[]): Promise<{ wall: number; cpu: number }> {
   if (!out.success) throw new Error(`${argv.join(" ")} failed: ${err}`);
   const m = /TIME ([\d.]+) ([\d.]+) ([\d.]+)\s*$/.exec(err);
   if (!m) throw new Error(`no timing from /usr/bin/time: ${err}`);
-  return { wall: Number(m[1]), cpu: Number(m[2]) + Number(m[3]) };
+  return { wall: Number(m[1]), cpu: Number(m[2]) + Number(m[3]), receiver: ownCpu() - before };
 }
 
 /** A sparse file of SIZE bytes: 10% data in 1-8 MiB runs of random bytes. */
@@ -209,22 +220,32 @@ async function main() {
       },
     ];
     const load = (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ");
-    const results: Array<{ name: string; median: number; all: number[]; cpu: number }> = [];
+    const results: Array<
+      { name: string; median: number; all: number[]; cpu: number; receiver: number }
+    > = [];
     const only = Deno.env.get("BENCH_ONLY");
     for (const row of rows) {
       if (only && !new RegExp(only).test(row.name)) continue;
       const times: number[] = [];
       const cpus: number[] = [];
+      const receivers: number[] = [];
       for (let i = 0; i <= RUNS; i++) {
         await row.prep?.();
         const t = await run(row.argv);
         if (i > 0) {
           times.push(t.wall);
           cpus.push(t.cpu);
+          receivers.push(t.receiver);
         }
       }
       const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-      results.push({ name: row.name, median: median(times), all: times, cpu: median(cpus) });
+      results.push({
+        name: row.name,
+        median: median(times),
+        all: times,
+        cpu: median(cpus),
+        receiver: median(receivers),
+      });
       console.error(
         `${row.name}: ${times.map((t) => t.toFixed(2)).join(" ")} s, cpu ${
           cpus.map((t) => t.toFixed(2)).join(" ")
@@ -238,13 +259,15 @@ async function main() {
       } MiB ` +
       `of data (${((100 * data) / SIZE).toFixed(0)}%), -prezeroed; loopback TCP; ${RUNS} runs ` +
       `after a warm-up, medians of the wall time and of the sender's CPU time (user + system; the ` +
-      `process's start included; the receiving side runs on the same CPUs). Load average ${load} ` +
+      `process's start included), and of the CPU time of the receiving side (the test's xapi ` +
+      `side in the benchmark's own process: HTTP, TLS, frames into a file or the relay to nbdkit; ` +
+      `nbdkit's own not counted), all on the same CPUs. Load average ${load} ` +
       `before, ${endLoad} after (${navigator.hardwareConcurrency} CPUs, shared).`,
       "",
-      "| destination | wall (s) | CPU of the sender (s) | wall, each run (s) |",
-      "| --- | ---: | ---: | --- |",
+      "| destination | wall (s) | CPU of the sender (s) | CPU of the receiving side (s) | wall, each run (s) |",
+      "| --- | ---: | ---: | ---: | --- |",
       ...results.map((r) =>
-        `| ${r.name} | ${r.median.toFixed(2)} | ${r.cpu.toFixed(2)} | ${
+        `| ${r.name} | ${r.median.toFixed(2)} | ${r.cpu.toFixed(2)} | ${r.receiver.toFixed(2)} | ${
           r.all.map((t) => t.toFixed(2)).join(", ")
         } |`
       ),
