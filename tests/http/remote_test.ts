@@ -698,3 +698,14 @@ Deno.test("usage errors: an http source, a bad -encryption-mode, -dest-proto non
     }
   });
 });
+
+Deno.test("a source that cannot be opened exits 3 before anything is sent", async () => {
+  await withTempDir(async (dir) => {
+    await withServer({ kind: "chunked", file: `${dir}/d` }, async (srv) => {
+      const r = await run(dir, ["-src", `${dir}/missing.raw`, "-dest", url("http", srv.port)]);
+      assert.equal(r.code, 3, r.stderr);
+      assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+      assert.equal(srv.received.length, 0);
+    });
+  });
+});
