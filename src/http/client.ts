@@ -63,7 +63,15 @@ export interface PutResponse {
   stream: ByteStream;
 }
 
-/** Why a remote destination could not be opened; `message` never holds secrets. */
+/**
+ * Why a remote destination could not be opened; `message` never holds secrets.
+ *
+ * @example
+ * ```ts
+ * import { HttpError } from "./client.ts";
+ * new HttpError("no response within 60 s").message; // "no response within 60 s"
+ * ```
+ */
 export class HttpError extends Error {
   constructor(message: string, options?: ErrorOptions) {
     super(message, options);
@@ -71,7 +79,17 @@ export class HttpError extends Error {
   }
 }
 
-/** Races `p` against `ms`; on timeout runs `onTimeout` and rejects with `message`. */
+/**
+ * Races `p` against `ms` (0: no limit); on timeout runs `onTimeout` (which closes the connection,
+ * so `p` settles too) and rejects with an {@linkcode HttpError} saying `message`.
+ *
+ * @example
+ * ```ts
+ * import { withTimeout } from "./client.ts";
+ * const conn = await Deno.connect({ hostname: "127.0.0.1", port: 80 });
+ * await withTimeout(conn.write(new Uint8Array(1)), 60_000, "stalled", () => conn.close());
+ * ```
+ */
 export function withTimeout<T>(
   p: Promise<T>,
   ms: number,
@@ -211,7 +229,15 @@ async function readHead(s: ByteStream): Promise<PutResponse> {
   }
 }
 
-/** A connection error in words (Deno's and Node's errors carry their code in the message). */
+/**
+ * A connection error in words (Deno's and Node's errors carry their code in the message).
+ *
+ * @example
+ * ```ts
+ * import { describe } from "./client.ts";
+ * describe(new Error("connect ECONNREFUSED 10.0.0.2:443")); // "connection refused"
+ * ```
+ */
 export function describe(e: unknown): string {
   if (e instanceof Deno.errors.ConnectionRefused) return "connection refused";
   if (e instanceof Deno.errors.ConnectionReset) return "connection reset by the server";
