@@ -188,7 +188,13 @@ async function connectTls(target: RemoteTarget, settings: TlsSettings): Promise<
     });
   } catch (e) {
     stream.close();
-    throw new HttpError(`TLS handshake failed: ${describe(e)}`, { cause: e });
+    // When the server refused what was offered, say what that was (also under -machine, where
+    // the note about it is not printed).
+    const why = describe(e);
+    const offered = /HandshakeFailure|ProtocolVersion|InsufficientSecurity|cipher/i.test(why)
+      ? ` (sparse_dd offers ${TLS_LIMITATION})`
+      : "";
+    throw new HttpError(`TLS handshake failed: ${why}${offered}`, { cause: e });
   }
   return stream;
 }

@@ -709,3 +709,43 @@ Deno.test("a source that cannot be opened exits 3 before anything is sent", asyn
     });
   });
 });
+
+Deno.test("a TLS server that accepts none of the offered suites: exit 4, the line says what was offered", async () => {
+  await withTempDir(async (dir) => {
+    await makeSource(`${dir}/src.raw`, MiB, 12);
+    const ca = await makeCa(dir, "rsa", ["h"]);
+    const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const port = (l.addr as Deno.NetAddr).port;
+    l.close();
+    // RSA key exchange only (no forward secrecy): outside what rustls offers.
+    const server = new Deno.Command("openssl", {
+      args: [
+        "s_server",
+        "-accept",
+        `127.0.0.1:${port}`,
+        "-cert",
+        ca.certs.h.cert,
+        "-key",
+        ca.certs.h.key,
+        "-tls1_2",
+        "-cipher",
+        "AES256-SHA256",
+        "-quiet",
+      ],
+      stdin: "piped",
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    try {
+      await new Promise((r) => setTimeout(r, 500));
+      const r = await run(dir, ["-machine", "-src", `${dir}/src.raw`, "-dest", url("https", port)]);
+      assert.equal(r.code, 4, r.stderr);
+      assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+      assert.match(r.stderr, /TLS handshake failed: .*\(sparse_dd offers TLS 1\.2 with rustls's/);
+    } finally {
+      server.kill("SIGKILL");
+      await server.stdin.close().catch(() => {});
+      await server.status;
+    }
+  });
+});
