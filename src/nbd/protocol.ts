@@ -345,8 +345,11 @@ export const OLDSTYLE_GREETING_SIZE = 152;
  *
  * @example
  * ```ts
- * import { isOldstyleGreeting, encodeOldstyleGreeting } from "./protocol.ts";
- * isOldstyleGreeting(encodeOldstyleGreeting(4096, 1)); // true
+ * import { isOldstyleGreeting, NBD_MAGIC, OLDSTYLE_MAGIC } from "./protocol.ts";
+ * const b = new Uint8Array(16);
+ * new DataView(b.buffer).setBigUint64(0, NBD_MAGIC);
+ * new DataView(b.buffer).setBigUint64(8, OLDSTYLE_MAGIC);
+ * isOldstyleGreeting(b); // true
  * ```
  */
 export function isOldstyleGreeting(b: Uint8Array): boolean {
@@ -361,8 +364,14 @@ export function isOldstyleGreeting(b: Uint8Array): boolean {
  *
  * @example
  * ```ts
- * import { decodeOldstyleGreeting, encodeOldstyleGreeting } from "./protocol.ts";
- * decodeOldstyleGreeting(encodeOldstyleGreeting(1 << 20, 5)); // { size: 1048576, transmissionFlags: 5 }
+ * import { decodeOldstyleGreeting, NBD_MAGIC, OLDSTYLE_MAGIC } from "./protocol.ts";
+ * const b = new Uint8Array(152);
+ * const v = new DataView(b.buffer);
+ * v.setBigUint64(0, NBD_MAGIC);
+ * v.setBigUint64(8, OLDSTYLE_MAGIC);
+ * v.setBigUint64(16, 1048576n);
+ * v.setUint32(24, 5);
+ * decodeOldstyleGreeting(b); // { size: 1048576, transmissionFlags: 5 }
  * ```
  */
 export function decodeOldstyleGreeting(
@@ -372,25 +381,6 @@ export function decodeOldstyleGreeting(
   if (!isOldstyleGreeting(b)) throw new NbdProtocolError("not an oldstyle NBD greeting");
   const v = view(b);
   return { size: getU64(v, 16, "export size"), transmissionFlags: v.getUint32(24) & 0xffff };
-}
-
-/**
- * Encodes an oldstyle greeting (for tests that play the server).
- *
- * @example
- * ```ts
- * import { encodeOldstyleGreeting } from "./protocol.ts";
- * encodeOldstyleGreeting(512, 1).length; // 152
- * ```
- */
-export function encodeOldstyleGreeting(size: number, transmissionFlags: number): Uint8Array {
-  const b = new Uint8Array(OLDSTYLE_GREETING_SIZE);
-  const v = view(b);
-  v.setBigUint64(0, NBD_MAGIC);
-  v.setBigUint64(8, OLDSTYLE_MAGIC);
-  setU64(v, 16, size);
-  v.setUint32(24, transmissionFlags);
-  return b;
 }
 
 /**

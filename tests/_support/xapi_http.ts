@@ -19,14 +19,8 @@ export type Behaviour =
   | { kind: "stall-head" }
   | { kind: "truncated-head" };
 
-import {
-  Cmd,
-  decodeRequest,
-  encodeOldstyleGreeting,
-  encodeSimpleReply,
-  REQUEST_HEADER_SIZE,
-  TransmissionFlag,
-} from "../../src/nbd/protocol.ts";
+import { Cmd, REQUEST_HEADER_SIZE, TransmissionFlag } from "../../src/nbd/protocol.ts";
+import { decodeRequest, encodeOldstyleGreeting, encodeSimpleReply } from "./nbd_server.ts";
 
 /** What one connection saw. */
 export interface Received {
