@@ -107,7 +107,7 @@ export interface NbdOptions {
   /**
    * `full` (default): structured replies, `base:allocation`, `NBD_OPT_GO`. `export-name`: only
    * `NBD_OPT_EXPORT_NAME` and simple replies, as xapi's sparse_dd speaks to tapdisk through
-   * xapi's NBD proxy. Oldstyle servers are accepted either way.
+   * xapi's NBD proxy; oldstyle servers are accepted too, only in this mode.
    */
   negotiation?: "full" | "export-name";
   /** Use `NBD_CMD_WRITE_ZEROES` when the server offers it. Default true; false writes zero
@@ -1074,6 +1074,10 @@ async function handshake(
 ): Promise<NbdExportInfo> {
   const first = (await r.exact(16)).slice();
   if (isOldstyleGreeting(first)) {
+    // Only behind xapi's proxy (as xapi's client does); an nbd:// URI names a newstyle server.
+    if (negotiation !== "export-name") {
+      throw new NbdProtocolError("oldstyle NBD negotiation is not supported");
+    }
     // No negotiation: size and flags follow, then transmission (simple replies only).
     const greeting = new Uint8Array(OLDSTYLE_GREETING_SIZE);
     greeting.set(first);
