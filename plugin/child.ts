@@ -58,6 +58,8 @@ export function copyArgv(req: CopyRequest, statsFile: string): string[] {
   if (req.base !== undefined) {
     argv.push("-base", req.base, "-base-format", formatByName(req.base, "auto"));
   }
+  if (req.destProto !== undefined) argv.push("-dest-proto", req.destProto);
+  if (req.nbdExport !== undefined) argv.push("-nbd-export", req.nbdExport);
   argv.push("-stats-file", statsFile);
   return argv;
 }

@@ -9,13 +9,20 @@ import { resolveAllocation, resolveBase } from "../endpoint/allocation.ts";
 import { ExitCode, messageOf, SparseDdError } from "../core/errors.ts";
 import { copy } from "../copy/copier.ts";
 import type { Disk } from "../core/disk.ts";
-import { checkDistinct, checkStatsFile, resolveEndpoint } from "../endpoint/endpoint.ts";
+import {
+  checkDistinct,
+  checkStatsFile,
+  type Endpoint,
+  resolveEndpoint,
+} from "../endpoint/endpoint.ts";
 import { openDestination, type OpenedSource, openSource } from "../endpoint/open.ts";
 import { type LaneGroup, startLanes } from "../copy/threads.ts";
 import { isNbdUri } from "../nbd/protocol.ts";
 import { HumanProgress, MachineProgress, NoProgress, type ProgressReporter } from "./progress.ts";
 import { DEVICE_THREADS, LANE_SEGMENT, type Options } from "./flags.ts";
 import { note, type Report } from "./output.ts";
+import { isRemoteUrl, redactSecrets } from "../http/url.ts";
+import { remoteOpenOptions } from "./remote_flags.ts";
 
 async function applyPriorities(o: Options): Promise<void> {
   const run = async (cmd: string, args: string[]) => {
@@ -70,8 +77,10 @@ export async function runCopy(
     nbdExport: o.nbdExport,
     nbdTimeoutMs: o.nbdTimeoutMs,
     vhdBackend: o.vhd.backend,
+    remote: await remoteOpenOptions(o),
   };
-  if (o.nbdExport !== undefined && !isNbdUri(o.dest)) {
+  const remote = isRemoteUrl(o.dest);
+  if (o.nbdExport !== undefined && !isNbdUri(o.dest) && !remote) {
     note(`note: -nbd-export ${o.nbdExport} ignored: the destination is not an NBD URI`);
   }
   // Each operand is resolved once (stat, format); everything below uses these descriptions.
@@ -99,7 +108,10 @@ export async function runCopy(
     src = await openSource(srcEnd, openOpts).catch((err) => {
       throw tag(err, "source");
     });
-    const size = o.size ?? src.disk.size;
+    // xapi's storage migration passes the remote VDI's size, which may exceed the source's.
+    const size = remote
+      ? Math.min(o.size ?? src.disk.size, src.disk.size)
+      : o.size ?? src.disk.size;
     if (size > src.disk.size) {
       throw new SparseDdError(
         ExitCode.Usage,
@@ -134,14 +146,15 @@ export async function runCopy(
     if (dst.size < size) {
       throw new SparseDdError(
         ExitCode.Destination,
-        `destination ${o.dest} is smaller (${dst.size} bytes) than -size ${size}`,
+        `destination ${redactSecrets(o.dest)} is smaller (${dst.size} bytes) than -size ${size}`,
       );
     }
     for (const n of notes) note(n);
     // Other threads open the disks from their descriptions themselves, so only local disks are
     // shared (an NBD server may not take more connections).
     const threads = o.threads ?? (destEnd.kind === "block" ? DEVICE_THREADS : 1);
-    if (entry.laneWorker && threads > 1 && srcEnd.kind !== "nbd" && destEnd.kind !== "nbd") {
+    const local = (e: Endpoint) => e.kind !== "nbd" && e.kind !== "http";
+    if (entry.laneWorker && threads > 1 && local(srcEnd) && local(destEnd)) {
       lanes = startLanes({
         worker: entry.laneWorker,
         count: threads - 1,
@@ -180,7 +193,7 @@ export async function runCopy(
     });
     const report: Report = {
       src: o.src,
-      dest: o.dest,
+      dest: redactSecrets(o.dest),
       prezeroed,
       base: o.base ?? o.vhd.baseVhd ?? null,
       allocation: alloc.route,

@@ -14,9 +14,10 @@ import { isAbsolute, resolve } from "node:path";
 import { DiskError } from "../core/disk.ts";
 import { ExitCode, SparseDdError } from "../core/errors.ts";
 import { isNbdUri } from "../nbd/protocol.ts";
+import { isRemoteUrl, redactSecrets } from "../http/url.ts";
 
-/** What an endpoint is. New kinds (an `http` destination, say) join this union. */
-export type EndpointKind = "file" | "block" | "vhd" | "nbd";
+/** What an endpoint is: a local file, device or VHD chain, an NBD export, an http(s) import. */
+export type EndpointKind = "file" | "block" | "vhd" | "nbd" | "http";
 
 /** Which operand of the copy an endpoint is. */
 export type EndpointRole = "source" | "destination" | "base";
@@ -209,12 +210,15 @@ export async function resolveEndpoint(
   options: ResolveOptions = {},
 ): Promise<Endpoint> {
   if (isNbdUri(spec)) return { spec, role, kind: "nbd", format: "raw", storage: [] };
-  if (/^https?:\/\//i.test(spec)) {
-    throw new SparseDdError(
-      ExitCode.Usage,
-      `${spec}: http(s) destinations are not supported by this sparse_dd; attach the VDI ` +
-        `locally or use an nbd:// URI`,
-    );
+  if (isRemoteUrl(spec)) {
+    // xapi's imports take data; they give none.
+    if (role !== "destination") {
+      throw new SparseDdError(
+        ExitCode.Usage,
+        `${redactSecrets(spec)}: an http(s) URL can only be the destination, not the ${role}`,
+      );
+    }
+    return { spec, role, kind: "http", format: "raw", storage: [] };
   }
   const path = isAbsolute(spec) ? spec : resolve(spec);
   let info: Deno.FileInfo;

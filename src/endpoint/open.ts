@@ -13,6 +13,7 @@ import { parseNbdUri } from "../nbd/protocol.ts";
 import type { VhdChain } from "../vhd/chain.ts";
 import type { VhdBackend } from "../vhd/libvhd.ts";
 import { VhdDisk } from "../vhd/vhd_disk.ts";
+import { openRemote, type RemoteOptions } from "../http/remote.ts";
 import { addChainStorage, type Endpoint } from "./endpoint.ts";
 
 /** What the command line says about how to open disks. */
@@ -25,6 +26,8 @@ export interface OpenOptions {
   nbdExport?: string;
   /** `-nbd-timeout`: milliseconds allowed for connecting and for each NBD request (0: no limit). */
   nbdTimeoutMs?: number;
+  /** How to reach an http(s) destination (`-encryption-mode`, TLS, `-dest-proto`, timeouts). */
+  remote?: Omit<RemoteOptions, "nbdExport" | "nbdTimeoutMs">;
 }
 
 /**
@@ -113,6 +116,14 @@ export async function openDestination(
   size: number,
   options: DestinationOptions = {},
 ): Promise<Disk> {
+  if (e.kind === "http") {
+    return await openRemote(e.spec, size, {
+      tls: { verify: false },
+      ...options.remote,
+      nbdExport: options.nbdExport,
+      nbdTimeoutMs: options.nbdTimeoutMs,
+    });
+  }
   // An NBD export has its own size and is never assumed to be zero (only -prezeroed says so).
   if (e.kind === "nbd") return await openNbd(e.spec, true, options);
   return await FileDisk.open(e.spec, {
