@@ -100,6 +100,8 @@ export const LOCK_NB = 4;
 
 /** errno: interrupted system call. */
 export const EINTR = 4;
+/** errno: input/output error (a failed write-back). */
+export const EIO = 5;
 /** errno: no such device or address (`SEEK_DATA` past the last data). */
 export const ENXIO = 6;
 /** errno: invalid argument. */
@@ -459,10 +461,21 @@ export class Libc {
     }
   }
 
-  /** `fdatasync(2)` on another thread. */
+  /**
+   * `fdatasync(2)` on another thread. A failure is final: the kernel reports a write-back error
+   * once per descriptor, so the call repeated to learn errno may well return 0.
+   */
   async fdatasync(fd: number): Promise<void> {
     if (await this.#s.fdatasyncAsync(fd) === 0) return;
-    if (this.#s.fdatasync(fd) !== 0) this.#fail("fdatasync");
+    this.#failOnce("fdatasync", this.#s.fdatasync(fd));
+  }
+
+  /**
+   * Throws for a call that failed on another thread (where errno is not ours): the errno of the
+   * synchronous repeat when that failed too, else EIO (the repeat succeeding proves nothing).
+   */
+  #failOnce(syscall: string, repeat: number): never {
+    this.#fail(syscall, repeat !== 0 ? this.errno() : EIO);
   }
 
   /**
@@ -480,9 +493,10 @@ export class Libc {
   async syncFileRangeAsync(fd: number, offset: number, length: number, flags: number) {
     const r = await this.#s.syncFileRangeAsync(fd, BigInt(offset), BigInt(length), flags);
     if (r === 0) return;
-    if (this.#s.sync_file_range(fd, BigInt(offset), BigInt(length), flags) !== 0) {
-      this.#fail("sync_file_range");
-    }
+    this.#failOnce(
+      "sync_file_range",
+      this.#s.sync_file_range(fd, BigInt(offset), BigInt(length), flags),
+    );
   }
 
   /**

@@ -220,6 +220,32 @@ Deno.test("a full destination filesystem is a destination error naming the file 
   });
 });
 
+Deno.test("a loop device over a full file system fails its flush: exit 4, never 0 with other bytes", async () => {
+  // The loop device accepts every write into the page cache; the backing file's tmpfs is full
+  // half way, so the error surfaces only at writeback (the kernel reports it once: a second
+  // fdatasync or sync_file_range returns 0).
+  await withTempDir(async (dir) => {
+    await Deno.writeFile(`${dir}/src`, new Prng(21).fill(new Uint8Array(8 * MiB)));
+    await Deno.mkdir(`${dir}/small`);
+    await sh("mount", ["-t", "tmpfs", "-o", "size=4m", "tmpfs", `${dir}/small`]);
+    try {
+      for (const extra of [["-unbuffered", "false"], ["-unbuffered", "false", "-threads", "2"]]) {
+        await Deno.remove(`${dir}/small/back`).catch(() => undefined);
+        await Deno.writeFile(`${dir}/small/back`, new Uint8Array(0));
+        await Deno.truncate(`${dir}/small/back`, 16 * MiB);
+        await withLoop(`${dir}/small/back`, async (dev) => {
+          const res = await runMain(["-src", `${dir}/src`, "-dest", dev, ...extra, ...NO_CONFIG]);
+          strictEqual(res.code, ExitCode.Destination, `${extra}: ${res.stderr}`);
+          match(res.stderr.trim(), new RegExp(`^sparse_dd: cannot (write|flush) ${dev}`));
+          strictEqual(res.stderr.trim().split("\n").length, 1, res.stderr);
+        });
+      }
+    } finally {
+      await sh("umount", [`${dir}/small`]).catch(() => undefined);
+    }
+  });
+});
+
 /** The open descriptors of this process on `path`, with their open flags (octal, /proc fdinfo). */
 async function openFlags(path: string): Promise<number[]> {
   const out: number[] = [];
