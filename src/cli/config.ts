@@ -10,6 +10,7 @@
 import { posix } from "node:path";
 import { ExitCode, SparseDdError } from "../core/errors.ts";
 import { errorText } from "../core/error_text.ts";
+import { notATextFile } from "./text_file.ts";
 
 /** The system configuration file. */
 export const DEFAULT_CONFIG = "/etc/sparse_dd.conf";
@@ -66,14 +67,14 @@ export async function loadConfig(file: string, dir: string = file + ".d"): Promi
   const readOne = async (path: string) => {
     let text: string;
     try {
-      // Reading a FIFO would wait for a writer forever (and a disk is no configuration).
+      // Reading a FIFO would wait for a writer forever, /dev/zero never ends (and a disk is no
+      // configuration).
       const info = await Deno.stat(path);
-      if (info.isFifo || info.isSocket || info.isBlockDevice) {
+      const what = info.isDirectory ? undefined : notATextFile(info);
+      if (what !== undefined) {
         throw new SparseDdError(
           ExitCode.Usage,
-          `cannot read configuration ${path}: it is ${
-            info.isFifo ? "a FIFO" : info.isSocket ? "a socket" : "a block device"
-          }, not a file: give a regular file (or /dev/null for none)`,
+          `cannot read configuration ${path}: it is ${what}, not a file: give a regular file (or /dev/null for none)`,
         );
       }
       text = await Deno.readTextFile(path);

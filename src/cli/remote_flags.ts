@@ -12,6 +12,7 @@ import { TLS_LIMITATION } from "../http/client.ts";
 import { parseRemoteUrl } from "../http/url.ts";
 import type { Options } from "./flags.ts";
 import { note } from "./output.ts";
+import { readTextFileOnly } from "./text_file.ts";
 
 /**
  * The `remote` part of {@linkcode OpenOptions}; `undefined` when `-dest` is not http(s).
@@ -30,7 +31,7 @@ export async function remoteOpenOptions(o: Options): Promise<OpenOptions["remote
   let caBundle: string | undefined;
   if (r.verify && r.certBundlePath) {
     try {
-      caBundle = await Deno.readTextFile(r.certBundlePath);
+      caBundle = await readTextFileOnly(r.certBundlePath);
     } catch (err) {
       throw new SparseDdError(
         ExitCode.Usage,

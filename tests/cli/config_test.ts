@@ -1,7 +1,7 @@
-import { deepStrictEqual, rejects, throws } from "node:assert/strict";
+import { deepStrictEqual, match, rejects, strictEqual, throws } from "node:assert/strict";
 import { loadConfig, parseConfig } from "../../src/cli/config.ts";
-import { SparseDdError } from "../../src/core/errors.ts";
-import { withTempDir } from "../_support/helpers.ts";
+import { ExitCode, SparseDdError } from "../../src/core/errors.ts";
+import { runMain, sh, withTempDir } from "../_support/helpers.ts";
 
 Deno.test("key = value lines with comments, quotes and dashes are parsed with their line", () => {
   deepStrictEqual(parseConfig("# c\n\n-nice = 3 # why\nsni='h'\n", "f"), [
@@ -41,5 +41,22 @@ Deno.test("missing files are fine; fragments follow the main file in sorted orde
     } finally {
       Deno.chdir(cwd);
     }
+  });
+});
+
+Deno.test("a configuration that is a never-ending character device or a FIFO is refused at once", async () => {
+  await withTempDir(async (dir) => {
+    await sh("mkfifo", [`${dir}/fifo`]);
+    for (const config of ["/dev/zero", "/dev/urandom", `${dir}/fifo`]) {
+      const res = await runMain(
+        ["-src", "/dev/null", "-dest", `${dir}/out`, "-config", config],
+        { timeoutMs: 30_000 },
+      );
+      strictEqual(res.code, ExitCode.Usage, `${config}: ${res.stderr}`);
+      match(res.stderr, new RegExp(`^sparse_dd: cannot read configuration ${config}: it is a`));
+    }
+    // /dev/null stays the way to say "no configuration".
+    const ok = await runMain(["-src", "/dev/null", "-dest", `${dir}/out`, "-config", "/dev/null"]);
+    strictEqual(ok.code, 0, ok.stderr);
   });
 });
