@@ -18,21 +18,26 @@
 
 import type { CopyRequest } from "./validate.ts";
 
+/** Deno's flags for running the program's entry module, as the installed launcher runs it. */
+export const RUN_FLAGS = ["run", "-A", "--quiet", "--no-config", "--no-lock"];
+
 /**
- * How to run this program again: the compiled binary itself, or `deno run -A` on the entry module
- * (main.ts, or the bundle the launcher runs).
+ * How to run this program again: the compiled binary itself, or the runtime running the entry
+ * module (main.ts, or the bundle the launcher runs) with the launcher's flags. The runtime is
+ * `Deno.execPath()`, so an installed copy's children run the binary named sparse_dd too (xapi's
+ * stray-process check), with the environment the launcher set (DENO_DIR: no cache writes).
  *
  * @example
  * ```ts
  * import { selfCommand } from "./child.ts";
- * selfCommand(); // ["/opt/xensource/libexec/sparse_dd"] in the compiled binary
+ * selfCommand(); // ["/opt/xensource/libexec/sparse_dd.d/sparse_dd", "run", "-A", ..., ".../sparse_dd.js"]
  * ```
  */
 export function selfCommand(): string[] {
   if (Deno.build.standalone) return [Deno.execPath()];
   const main = new URL(Deno.mainModule);
-  if (main.protocol !== "file:") return [Deno.execPath(), "run", "-A", "--quiet", main.href];
-  return [Deno.execPath(), "run", "-A", "--quiet", "--no-lock", decodeURIComponent(main.pathname)];
+  const entry = main.protocol === "file:" ? decodeURIComponent(main.pathname) : main.href;
+  return [Deno.execPath(), ...RUN_FLAGS, entry];
 }
 
 /**

@@ -97,13 +97,12 @@ export async function runCopy(
     src = await openSource(o.src, openOpts).catch((err) => {
       throw tag(err, "source");
     });
-    const size = o.size ?? src.size;
-    if (size > src.size) {
-      throw new SparseDdError(
-        ExitCode.Usage,
-        `-size ${size} is larger than the source ${o.src} (${src.size} bytes)`,
-      );
-    }
+    // xapi's storage migration passes the remote VDI's size, which may be rounded up past the
+    // source's: xapi's own sparse_dd then copies the source's size, and so does this one.
+    const size = Math.min(o.size ?? src.size, src.size);
+    const sizeNote = o.size !== undefined && o.size > src.size
+      ? `-size ${o.size} is larger than the source ${o.src}: copying its ${src.size} bytes`
+      : undefined;
     // Notes wait until the destination is accepted, so a refused copy prints one line only.
     const alloc = await resolveAllocation(o.src, src, {
       ignore: o.ignoreAllocation,
@@ -111,7 +110,7 @@ export async function runCopy(
       srcVhd: o.vhd.srcVhd,
       vhdBackend: o.vhd.backend,
     });
-    const notes = [...alloc.notes];
+    const notes = [...(sizeNote ? [sizeNote] : []), ...alloc.notes];
     let unchanged;
     const base = o.base ?? o.vhd.baseVhd;
     if (base) {
