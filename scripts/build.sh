@@ -76,13 +76,15 @@ else
     "$rel/sparse_dd.d/sparse_dd.js" || { echo "the bundle does not run" >&2; exit 1; }
 fi
 rm -f "$DIST/$NAME.tar.gz"
-tar -C "$rel" --owner=0 --group=0 --numeric-owner --transform "s,^\\.,$NAME," \
-  -czf "$DIST/$NAME.tar.gz.tmp" .
+# SPARSE_DD_GZIP: the gzip level (tests use 1: faster, ~8% larger).
+tar -C "$rel" --owner=0 --group=0 --numeric-owner --transform "s,^\\.,$NAME," -cf - . |
+  gzip "-${SPARSE_DD_GZIP:-6}" >"$DIST/$NAME.tar.gz.tmp"
 mv -f "$DIST/$NAME.tar.gz.tmp" "$DIST/$NAME.tar.gz"
 echo "built $DIST/$NAME.tar.gz ($(du -h "$DIST/$NAME.tar.gz" | cut -f1))" >&2
 
 if command -v rpmbuild >/dev/null 2>&1 && [ "${SPARSE_DD_RPM:-1}" = 1 ]; then
-  bash "$ROOT/scripts/rpm.sh" "$rel" "$VERSION" "$DIST/sparse_dd-$VERSION-1.x86_64.rpm"
+  SPARSE_DD_GZIP=${SPARSE_DD_GZIP:-6} bash "$ROOT/scripts/rpm.sh" "$rel" "$VERSION" \
+    "$DIST/sparse_dd-$VERSION-1.x86_64.rpm"
 else
   echo "== no rpmbuild (apt-get install rpm): no RPM built" >&2
 fi

@@ -155,6 +155,7 @@ install_all() {
   if [ -f "$MANIFEST.dirs" ]; then cp "$MANIFEST.dirs" "$NEW_DIRS"; else : >"$NEW_DIRS"; fi
   # Keep the backups of earlier installs.
   if [ -f "$MANIFEST" ]; then grep '^backup ' "$MANIFEST" >>"$NEW_MANIFEST" || true; fi
+  [ -z "$DESTDIR" ] || mkdir -p "$DESTDIR"
   make_dir "$LIBEXEC_REL/sparse_dd.d"
 
   put "$payload/sparse_dd.d/sparse_dd" "$LIBEXEC_REL/sparse_dd.d/sparse_dd" 755
