@@ -283,7 +283,9 @@ Deno.test("every process of an installed copy, run by xapi or by the plugin, pas
     const call = (fn: string, args: Record<string, string>) =>
       `<methodCall><methodName>${fn}</methodName><params><param><value>OpaqueRef:t</value>` +
       `</param><param><value><struct>${
-        Object.entries(args).map(([k, v]) => `<member><name>${k}</name><value>${v}</value></member>`)
+        Object.entries(args).map(([k, v]) =>
+          `<member><name>${k}</name><value>${v}</value></member>`
+        )
           .join("")
       }</struct></value></param></params></methodCall>`;
     const pluginCopy = spawn(plugin, [call("copy", { src, dest: `${mnt}/b.raw` })]);

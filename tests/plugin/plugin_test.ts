@@ -12,15 +12,7 @@ import { handleRequest } from "../../plugin/main.ts";
 import { type OpState, OpStore } from "../../plugin/ops.ts";
 import { RecordReader } from "../../plugin/child.ts";
 import type { PluginConfig } from "../../plugin/config.ts";
-import {
-  MAIN,
-  ROOT,
-  sameBytes,
-  sh,
-  withLoop,
-  withTempDir,
-  xapiCommand,
-} from "../_support/helpers.ts";
+import { MAIN, sameBytes, withLoop, withTempDir, xapiCommand } from "../_support/helpers.ts";
 
 const PYTHON = "/usr/bin/python3";
 
@@ -395,14 +387,13 @@ Deno.test("values starting with '-' never become flags", async () => {
 Deno.test("a copy that fails: SPARSE_DD_COPY_FAILED [sparse_dd's message]", async () => {
   await withTempDir(async (dir) => {
     await sparseFile(`${dir}/src.raw`, 1 << 20, 9);
+    // Root may write anything but /proc/version: sparse_dd fails on the destination.
     const e = expectFailure(
-      await plugin(
-        xapiForm("copy", { src: `${dir}/src.raw`, dest: `${dir}/d`, size: String(2 << 20) }),
-      ),
+      await plugin(xapiForm("copy", { src: `${dir}/src.raw`, dest: "/proc/version" })),
       "SPARSE_DD_COPY_FAILED",
     );
     strictEqual(e.length, 2);
-    assert(/larger than the source/.test(e[1]), e[1]);
+    assert(/^sparse_dd: cannot (open|write) \/proc\/version/.test(e[1]), e[1]);
   });
 });
 
@@ -617,14 +608,14 @@ Deno.test("a detached copy that fails reports failed with sparse_dd's message", 
     await sparseFile(`${dir}/src.raw`, 1 << 20, 10);
     const id = expectSuccess(
       await plugin(
-        xapiForm("start", { src: `${dir}/src.raw`, dest: `${dir}/d`, size: String(4 << 20) }),
+        xapiForm("start", { src: `${dir}/src.raw`, dest: "/proc/version" }),
         { env },
       ),
     );
     let op: OpState;
     do op = await status(id, env); while (op.state === "running" || op.state === "starting");
     strictEqual(op.state, "failed");
-    assert(/larger than the source/.test(op.error ?? ""), op.error ?? "");
+    assert(/cannot (open|write) \/proc\/version/.test(op.error ?? ""), op.error ?? "");
     const mode = (await Deno.stat(`${dir}/state`)).mode! & 0o777;
     strictEqual(mode, 0o700, "the state directory is private");
   });
@@ -863,38 +854,5 @@ Deno.test("an unreachable XenAPI socket does not fail the copy", async () => {
     expectSuccess(a);
     assert(/task.set_progress .* failed/.test(a.stderr), a.stderr);
     assert(await sameBytes(`${dir}/src.raw`, `${dir}/dst.raw`));
-  });
-});
-
-Deno.test("scripts/install.sh installs the binary and a thin plugin that runs it", async () => {
-  await withTempDir(async (dir) => {
-    // Only the bundle, as where `deno compile` cannot fetch its runtime: the launcher path.
-    await sh(Deno.execPath(), [
-      "bundle",
-      "--quiet",
-      "--platform=deno",
-      "-o",
-      `${dir}/dist/sparse_dd.bundle.js`,
-      MAIN,
-    ]);
-    await sh("bash", [`${ROOT}/scripts/install.sh`], {
-      env: { DESTDIR: `${dir}/root`, DIST: `${dir}/dist`, DENO_BIN: Deno.execPath() },
-    });
-    dir = `${dir}/root`;
-    const bin = `${dir}/opt/xensource/libexec/sparse_dd`;
-    const thin = `${dir}/etc/xapi.d/plugins/sparse_dd`;
-    for (const f of [bin, thin]) {
-      assert(((await Deno.stat(f)).mode! & 0o111) !== 0, `${f} is executable`);
-    }
-    const thinText = await Deno.readTextFile(thin);
-    assert(thinText.startsWith("#!/bin/sh\n"), thinText);
-    assert(thinText.includes('exec /opt/xensource/libexec/sparse_dd --xapi-plugin "$1"'), thinText);
-    // The installed program answers as a plugin with only PATH in its environment.
-    const out = await xapiCommand(bin, ["--xapi-plugin", xapiForm("version", {})]).output();
-    strictEqual(out.code, 0, new TextDecoder().decode(out.stderr));
-    strictEqual(
-      expectSuccess(await readAnswer(new TextDecoder().decode(out.stdout), "")),
-      VERSION,
-    );
   });
 });
