@@ -22,18 +22,22 @@ import type { CopyRequest } from "./validate.ts";
 export const RUN_FLAGS = ["run", "-A", "--quiet", "--no-config", "--no-lock"];
 
 /**
- * How to run this program again: the compiled binary itself, or the runtime running the entry
- * module (main.ts, or the bundle the launcher runs) with the launcher's flags. The runtime is
- * `Deno.execPath()`, so an installed copy's children run the binary named sparse_dd too (xapi's
- * stray-process check), with the environment the launcher set (DENO_DIR: no cache writes).
+ * How to run this program again: the installed launcher (`SPARSE_DD_LAUNCHER`, which it sets), so
+ * an installed copy's children run as it does (named sparse_dd for xapi's stray-process check, no
+ * cache writes); else the compiled binary itself, or the runtime running the entry module
+ * (main.ts, or the bundle) with the launcher's flags.
  *
  * @example
  * ```ts
  * import { selfCommand } from "./child.ts";
- * selfCommand(); // ["/opt/xensource/libexec/sparse_dd.d/sparse_dd", "run", "-A", ..., ".../sparse_dd.js"]
+ * selfCommand(); // ["/opt/xensource/libexec/sparse_dd"] when run by the installed launcher
  * ```
  */
 export function selfCommand(): string[] {
+  // The installed launcher says where it is: there the executable is glibc's loader running
+  // deno, which `Deno.execPath()` cannot start again by itself.
+  const launcher = Deno.env.get("SPARSE_DD_LAUNCHER");
+  if (launcher?.startsWith("/")) return [launcher];
   if (Deno.build.standalone) return [Deno.execPath()];
   const main = new URL(Deno.mainModule);
   const entry = main.protocol === "file:" ? decodeURIComponent(main.pathname) : main.href;

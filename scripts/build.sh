@@ -2,9 +2,9 @@
 # Builds sparse_dd into $DIST (default dist/):
 #   sparse_dd.bundle.js        one self-contained JavaScript file (`deno bundle`);
 #   release/                   what a host needs, nothing from this checkout: install.sh,
-#                              sparse_dd.d/sparse_dd (the runtime: the Deno binary itself, named
-#                              sparse_dd; or the compiled program, see DENORT_BIN),
-#                              sparse_dd.d/sparse_dd.js (the bundle), sparse_dd.d/VERSION, README.md;
+#                              README.md (docs/deploy.md) and sparse_dd.d/: deno (the Deno binary,
+#                              or the compiled program, see DENORT_BIN), sparse_dd.js (the bundle),
+#                              lib/ and sparse_dd (the glibc deno runs with, and its loader), VERSION;
 #   sparse_dd-VERSION-linux-x86_64.tar.gz
 #                              release/ as sparse_dd-VERSION-linux-x86_64/: on the host,
 #                              `tar xzf ... && sh sparse_dd-*/install.sh` (no node, npm or network);
@@ -61,19 +61,38 @@ fi
 
 echo "== $DIST/release -> $DIST/$NAME.tar.gz" >&2
 rel=$DIST/release
+rt=$rel/sparse_dd.d
 rm -rf "$rel"
-mkdir -p "$rel/sparse_dd.d"
+mkdir -p "$rt/lib"
 install -m 755 scripts/install.sh "$rel/install.sh"
 install -m 644 docs/deploy.md "$rel/README.md"
-echo "$VERSION" >"$rel/sparse_dd.d/VERSION"
+echo "$VERSION" >"$rt/VERSION"
 if [ -n "$compiled" ]; then
-  install -m 755 "$compiled" "$rel/sparse_dd.d/sparse_dd"
+  install -m 755 "$compiled" "$rt/deno"
 else
   # The real file, not the .tools symlink: the release must not point into this checkout.
-  install -m 755 "$(readlink -f "$DENO")" "$rel/sparse_dd.d/sparse_dd"
-  install -m 644 "$DIST/sparse_dd.bundle.js" "$rel/sparse_dd.d/sparse_dd.js"
-  version_ok "$rel/sparse_dd.d/sparse_dd" run -A --quiet --no-config --no-lock \
-    "$rel/sparse_dd.d/sparse_dd.js" || { echo "the bundle does not run" >&2; exit 1; }
+  install -m 755 "$(readlink -f "$DENO")" "$rt/deno"
+  install -m 644 "$DIST/sparse_dd.bundle.js" "$rt/sparse_dd.js"
+fi
+# Deno's Linux build needs glibc 2.27; dom0 (CentOS 7 based) has 2.17. So the runtime runs with
+# the glibc it was built for, from this machine: its libraries in lib/ and its dynamic loader as
+# sparse_dd.d/sparse_dd, which the launcher runs (`sparse_dd --library-path lib deno ...`). The
+# process's /proc/PID/exe is then that loader, named sparse_dd, as xapi's stray-process check
+# wants; programs sparse_dd starts (tap-ctl, logger) use the host's own libraries.
+while read -r name arrow path _; do
+  case "$name" in
+    linux-vdso.so.*) ;;
+    /*ld-linux*) install -m 755 "$(readlink -f "$name")" "$rt/sparse_dd" ;;
+    *) [ "$arrow" = "=>" ] && install -m 644 "$(readlink -f "$path")" "$rt/lib/$name" ;;
+  esac
+done < <(ldd "$rt/deno")
+[ -x "$rt/sparse_dd" ] || { echo "no dynamic loader found for $rt/deno" >&2; exit 1; }
+if [ -n "$compiled" ]; then
+  version_ok "$rt/sparse_dd" --library-path "$rt/lib" "$rt/deno" ||
+    { echo "the compiled binary does not run with its loader" >&2; exit 1; }
+else
+  version_ok "$rt/sparse_dd" --library-path "$rt/lib" "$rt/deno" run -A --quiet --no-config \
+    --no-lock "$rt/sparse_dd.js" || { echo "the bundle does not run" >&2; exit 1; }
 fi
 rm -f "$DIST/$NAME.tar.gz"
 # SPARSE_DD_GZIP: the gzip level (tests use 1: faster, ~8% larger).
@@ -86,7 +105,7 @@ if command -v rpmbuild >/dev/null 2>&1 && [ "${SPARSE_DD_RPM:-1}" = 1 ]; then
   SPARSE_DD_GZIP=${SPARSE_DD_GZIP:-6} bash "$ROOT/scripts/rpm.sh" "$rel" "$VERSION" \
     "$DIST/sparse_dd-$VERSION-1.x86_64.rpm"
 else
-  echo "== no rpmbuild (apt-get install rpm): no RPM built" >&2
+  echo "== no RPM: SPARSE_DD_RPM=0, or no rpmbuild (Debian: apt-get install rpm)" >&2
 fi
 
 if [ -n "${DESTDIR:-}" ] || [ "${1:-}" = "--install" ]; then

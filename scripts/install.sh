@@ -7,9 +7,11 @@
 # POSIX sh and coreutils only: dom0 has no node, npm, Deno or network. It installs
 #   /opt/xensource/libexec/sparse_dd            launcher: execs the runtime below, so the pid xapi
 #                                               records runs a binary named sparse_dd
-#   /opt/xensource/libexec/sparse_dd.d/         sparse_dd (the Deno runtime, or the `deno compile`d
+#   /opt/xensource/libexec/sparse_dd.d/         deno (the Deno runtime, or the `deno compile`d
 #                                               program), sparse_dd.js (the bundle, unless compiled),
-#                                               VERSION, install.sh (this script, for --uninstall),
+#                                               lib/ + sparse_dd (the glibc deno needs, and its
+#                                               dynamic loader, which runs deno), VERSION,
+#                                               install.sh (this script, for --uninstall),
 #                                               MANIFEST, backup/ (files it replaced)
 #   /etc/xapi.d/plugins/sparse_dd               the XAPI host plugin (execs the launcher)
 #   /etc/xapi.conf.d/sparse_dd.conf             `sparse_dd = /opt/xensource/libexec/sparse_dd`:
@@ -145,8 +147,9 @@ install_all() {
   payload=$(find_payload) || die "nothing to install next to $0: run scripts/build.sh first"
   version=$(cat "$payload/sparse_dd.d/VERSION")
   # The runtime must run here before anything is replaced.
-  DENO_DIR=/dev/null/sparse_dd DENO_NO_UPDATE_CHECK=1 "$payload/sparse_dd.d/sparse_dd" \
-    --version >/dev/null 2>&1 || die "$payload/sparse_dd.d/sparse_dd does not run on this machine"
+  rt=$payload/sparse_dd.d
+  DENO_DIR=/dev/null/sparse_dd DENO_NO_UPDATE_CHECK=1 "$rt/sparse_dd" --library-path "$rt/lib" \
+    "$rt/deno" --version >/dev/null 2>&1 || die "$rt/deno does not run on this machine"
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
   NEW_MANIFEST=$tmp/manifest
@@ -158,32 +161,35 @@ install_all() {
   [ -z "$DESTDIR" ] || mkdir -p "$DESTDIR"
   make_dir "$LIBEXEC_REL/sparse_dd.d"
 
-  put "$payload/sparse_dd.d/sparse_dd" "$LIBEXEC_REL/sparse_dd.d/sparse_dd" 755
-  if [ -f "$payload/sparse_dd.d/sparse_dd.js" ]; then
-    put "$payload/sparse_dd.d/sparse_dd.js" "$LIBEXEC_REL/sparse_dd.d/sparse_dd.js" 644
+  put "$rt/deno" "$LIBEXEC_REL/sparse_dd.d/deno" 755
+  put "$rt/sparse_dd" "$LIBEXEC_REL/sparse_dd.d/sparse_dd" 755
+  for lib in "$rt"/lib/*; do
+    put "$lib" "$LIBEXEC_REL/sparse_dd.d/lib/${lib##*/}" 644
+  done
+  # The launcher: glibc's loader (named sparse_dd) runs deno with the libraries beside it, so
+  # /proc/PID/exe is .../sparse_dd.d/sparse_dd. SPARSE_DD_LAUNCHER: how the program starts
+  # itself again (the plugin's workers and copies), since its executable is the loader.
+  if [ -f "$rt/sparse_dd.js" ]; then
+    put "$rt/sparse_dd.js" "$LIBEXEC_REL/sparse_dd.d/sparse_dd.js" 644
     # DENO_DIR names a directory that cannot exist: Deno keeps its caches in memory, so a copy
     # writes nothing but its destination (no /root/.cache/deno). -A: devices, /proc, /sys, /etc.
-    cat >"$tmp/launcher" <<'EOF'
-#!/bin/sh
-# sparse_dd (installed by sparse_dd's install.sh): runs the bundle sparse_dd.d/sparse_dd.js with
-# the Deno runtime installed as sparse_dd.d/sparse_dd. exec: the pid xapi records is that of a
-# process whose /proc/PID/exe is named sparse_dd, as xapi's stray-process check expects.
-self=$0
-[ -L "$self" ] && self=$(readlink -f -- "$self")
-d=${self%/*}/sparse_dd.d
-DENO_DIR=/dev/null/sparse_dd DENO_NO_UPDATE_CHECK=1 DENO_NO_PROMPT=1
-export DENO_DIR DENO_NO_UPDATE_CHECK DENO_NO_PROMPT
-exec "$d/sparse_dd" run -A --quiet --no-config --no-lock "$d/sparse_dd.js" "$@"
-EOF
+    run='"$d/deno" run -A --quiet --no-config --no-lock "$d/sparse_dd.js"'
   else
-    cat >"$tmp/launcher" <<'EOF'
-#!/bin/sh
-# sparse_dd (installed by sparse_dd's install.sh): execs the compiled program sparse_dd.d/sparse_dd.
-self=$0
-[ -L "$self" ] && self=$(readlink -f -- "$self")
-exec "${self%/*}/sparse_dd.d/sparse_dd" "$@"
-EOF
+    run='"$d/deno"'
   fi
+  cat >"$tmp/launcher" <<EOF
+#!/bin/sh
+# sparse_dd (installed by sparse_dd's install.sh): runs sparse_dd.d/deno with the glibc in
+# sparse_dd.d/lib through its loader sparse_dd.d/sparse_dd. exec: the pid xapi records is that of
+# a process whose /proc/PID/exe is named sparse_dd, as xapi's stray-process check expects.
+self=\$0
+[ -L "\$self" ] && self=\$(readlink -f -- "\$self")
+case \$self in /*) ;; *) self=\$PWD/\$self ;; esac
+d=\${self%/*}/sparse_dd.d
+SPARSE_DD_LAUNCHER=\$self DENO_DIR=/dev/null/sparse_dd DENO_NO_UPDATE_CHECK=1 DENO_NO_PROMPT=1
+export SPARSE_DD_LAUNCHER DENO_DIR DENO_NO_UPDATE_CHECK DENO_NO_PROMPT
+exec "\$d/sparse_dd" --library-path "\$d/lib" $run "\$@"
+EOF
   put "$payload/sparse_dd.d/VERSION" "$LIBEXEC_REL/sparse_dd.d/VERSION" 644
   put "$tmp/launcher" "$LIBEXEC_REL/sparse_dd" 755
 

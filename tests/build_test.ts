@@ -7,6 +7,16 @@ import { deepStrictEqual, match, ok, strictEqual } from "node:assert/strict";
 import { readMachineStream, sameBytes, xapiCommand } from "./_support/helpers.ts";
 import { bare, type Build, buildCopy, sparseFile } from "./_support/deploy.ts";
 
+/** The glibc Deno's Linux build links with, shipped beside it (dom0's is too old). */
+const GLIBC = [
+  "libc.so.6",
+  "libdl.so.2",
+  "libgcc_s.so.1",
+  "libm.so.6",
+  "libpthread.so.0",
+  "librt.so.1",
+];
+
 let built: Promise<{ dir: string; build: Build }> | undefined;
 let tempDir: string | undefined;
 globalThis.addEventListener("unload", () => {
@@ -56,19 +66,27 @@ Deno.test("the release tarball holds the runtime named sparse_dd, the bundle and
   deepStrictEqual(entries.sort(), [
     `-rw-r--r-- 0/0 ${top}/README.md`,
     `-rw-r--r-- 0/0 ${top}/sparse_dd.d/VERSION`,
+    ...GLIBC.map((l) => `-rw-r--r-- 0/0 ${top}/sparse_dd.d/lib/${l}`),
     `-rw-r--r-- 0/0 ${top}/sparse_dd.d/sparse_dd.js`,
     `-rwxr-xr-x 0/0 ${top}/install.sh`,
+    `-rwxr-xr-x 0/0 ${top}/sparse_dd.d/deno`,
     `-rwxr-xr-x 0/0 ${top}/sparse_dd.d/sparse_dd`,
     `drwxr-xr-x 0/0 ${top}/`,
     `drwxr-xr-x 0/0 ${top}/sparse_dd.d/`,
+    `drwxr-xr-x 0/0 ${top}/sparse_dd.d/lib/`,
   ]);
-  // The runtime is this Deno, byte for byte (a copy, not a link into .tools).
-  ok(
-    await sameBytes(
-      `${build.dist}/release/sparse_dd.d/sparse_dd`,
-      Deno.realPathSync(Deno.execPath()),
-    ),
-  );
+  // The runtime is this Deno, byte for byte (a copy, not a link into .tools); sparse_dd is the
+  // dynamic loader of the glibc in lib/.
+  const rt = `${build.dist}/release/sparse_dd.d`;
+  ok(await sameBytes(`${rt}/deno`, Deno.realPathSync(Deno.execPath())));
+  const loader = await bare(`${rt}/sparse_dd`, [
+    "--library-path",
+    `${rt}/lib`,
+    "--list",
+    `${rt}/deno`,
+  ]);
+  strictEqual(loader.code, 0, loader.stderr);
+  for (const l of GLIBC) ok(loader.text.includes(`${rt}/lib/${l}`), loader.text);
 });
 
 Deno.test("the RPM installs the same files for rpm, runs, and rpm -e removes them", async () => {
@@ -82,6 +100,9 @@ Deno.test("the RPM installs the same files for rpm, runs, and rpm -e removes the
     "/opt/xensource/libexec/sparse_dd",
     "/opt/xensource/libexec/sparse_dd.d",
     "/opt/xensource/libexec/sparse_dd.d/VERSION",
+    "/opt/xensource/libexec/sparse_dd.d/deno",
+    "/opt/xensource/libexec/sparse_dd.d/lib",
+    ...GLIBC.map((l) => `/opt/xensource/libexec/sparse_dd.d/lib/${l}`),
     "/opt/xensource/libexec/sparse_dd.d/sparse_dd",
     "/opt/xensource/libexec/sparse_dd.d/sparse_dd.js",
   ]);

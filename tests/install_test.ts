@@ -10,6 +10,15 @@ import { readMachineStream, ROOT, sameBytes, sh } from "./_support/helpers.ts";
 import { bare, type Build, buildCopy, callPlugin, sparseFile } from "./_support/deploy.ts";
 
 const LIBEXEC = "opt/xensource/libexec";
+/** The glibc Deno's Linux build links with, shipped beside it (dom0's is too old). */
+const GLIBC = [
+  "libc.so.6",
+  "libdl.so.2",
+  "libgcc_s.so.1",
+  "libm.so.6",
+  "libpthread.so.0",
+  "librt.so.1",
+];
 const CONFIGURED = "/opt/xensource/libexec/sparse_dd";
 
 interface Setup {
@@ -83,15 +92,18 @@ Deno.test("install.sh installs a self-contained sparse_dd that runs with the che
     `${LIBEXEC}/sparse_dd.d/MANIFEST`,
     `${LIBEXEC}/sparse_dd.d/MANIFEST.dirs`,
     `${LIBEXEC}/sparse_dd.d/VERSION`,
+    `${LIBEXEC}/sparse_dd.d/deno`,
     `${LIBEXEC}/sparse_dd.d/install.sh`,
+    ...GLIBC.map((l) => `${LIBEXEC}/sparse_dd.d/lib/${l}`),
     `${LIBEXEC}/sparse_dd.d/sparse_dd`,
     `${LIBEXEC}/sparse_dd.d/sparse_dd.js`,
     "usr/libexec/xapi/sparse_dd",
   ]);
   // The runtime is a file of its own, and no installed script names the build or its tools.
-  const runtime = await Deno.lstat(`${root}/${LIBEXEC}/sparse_dd.d/sparse_dd`);
+  const runtime = await Deno.lstat(`${root}/${LIBEXEC}/sparse_dd.d/deno`);
   ok(runtime.isFile && !runtime.isSymlink);
-  for (const f of files.filter((p) => !p.endsWith("sparse_dd.d/sparse_dd"))) {
+  const binary = /sparse_dd\.d\/(deno|sparse_dd|lib\/.*)$/;
+  for (const f of files.filter((p) => !binary.test(p))) {
     const text = await Deno.readTextFile(`${root}/${f}`);
     for (const bad of [checkoutWas, ROOT, ".tools", Deno.execPath()]) {
       ok(!text.includes(bad), `${f} mentions ${bad}`);
@@ -313,6 +325,9 @@ Deno.test("every process of an installed copy, run by xapi or by the plugin, pas
     for (const pid of all) strictEqual(await exeName(pid), "sparse_dd", `pid ${pid}`);
     // The copy threads are Workers of the same process, not processes.
     strictEqual(directPids.length, 1, `the direct copy is one process: ${directPids}`);
+    // It runs on the glibc installed with it, not the host's.
+    const maps = await Deno.readTextFile(`/proc/${direct.pid}/maps`);
+    ok(maps.includes(`${LIBEXEC}/sparse_dd.d/lib/libc.so.6`), "the shipped libc is mapped");
 
     // xapi restarted: it kills what it recorded (the direct copy's pid); the plugin's processes
     // would pass the same check.
