@@ -28,6 +28,8 @@ interface Setup {
   checkoutWas: string;
   /** A dom0-like tree the build was installed into. */
   root: string;
+  /** For plugin runs: sparse_dd's configuration allowing files in `dir` (plugin-dest-dirs). */
+  pluginEnv: Record<string, string>;
 }
 
 let setup: Promise<Setup> | undefined;
@@ -65,7 +67,9 @@ function getSetup(): Promise<Setup> {
     build.checkout = `${dir}/checkout.removed`;
     build.dist = `${build.checkout}/dist`;
     build.tarball = build.tarball.replace(checkoutWas, build.checkout);
-    return { dir, build, checkoutWas, root };
+    await Deno.writeTextFile(`${dir}/sparse_dd.conf`, `plugin-dest-dirs = ${dir}\n`);
+    const pluginEnv = { SPARSE_DD_PLUGIN_CONFIG: `${dir}/sparse_dd.conf` };
+    return { dir, build, checkoutWas, root, pluginEnv };
   })();
   return setup;
 }
@@ -81,7 +85,7 @@ async function listTree(root: string, rel = ""): Promise<string[]> {
 }
 
 Deno.test("install.sh installs a self-contained sparse_dd that runs with the checkout and .tools gone", async () => {
-  const { dir, root, checkoutWas } = await getSetup();
+  const { dir, root, checkoutWas, pluginEnv } = await getSetup();
   const files = (await listTree(root)).filter((p) => !p.endsWith("/"));
   deepStrictEqual(files, [
     "etc/xapi.conf",
@@ -130,10 +134,10 @@ Deno.test("install.sh installs a self-contained sparse_dd that runs with the che
   ok(await sameBytes(src, `${dir}/t1-dst.raw`));
 
   const plugin = `${root}/etc/xapi.d/plugins/sparse_dd`;
-  const version = await callPlugin(plugin, "version", {});
+  const version = await callPlugin(plugin, "version", {}, pluginEnv);
   strictEqual(version.code, 0);
   strictEqual(version.value, (await getSetup()).build.version, version.stderr);
-  const pcopy = await callPlugin(plugin, "copy", { src, dest: `${dir}/t1-plugin.raw` });
+  const pcopy = await callPlugin(plugin, "copy", { src, dest: `${dir}/t1-plugin.raw` }, pluginEnv);
   strictEqual(pcopy.status, "Success", JSON.stringify(pcopy.error));
   ok(await sameBytes(src, `${dir}/t1-plugin.raw`));
 });
@@ -254,7 +258,7 @@ async function exeName(pid: number): Promise<string | undefined> {
 }
 
 Deno.test("every process of an installed copy, run by xapi or by the plugin, passes xapi's stray-process check", async () => {
-  const { dir, root } = await getSetup();
+  const { dir, root, pluginEnv } = await getSetup();
   const src = `${dir}/t3-src.raw`;
   await sparseFile(src, 4 << 20);
   // Copies into a frozen file system stay blocked, alive, until it is thawed.
@@ -274,7 +278,7 @@ Deno.test("every process of an installed copy, run by xapi or by the plugin, pas
   try {
     await sh("fsfreeze", ["-f", mnt]);
     frozen = true;
-    const env = { PATH: "/usr/bin:/bin", SPARSE_DD_PLUGIN_STATE_DIR: state };
+    const env = { PATH: "/usr/bin:/bin", SPARSE_DD_PLUGIN_STATE_DIR: state, ...pluginEnv };
     const spawn = (cmd: string, args: string[]) => {
       const c = new Deno.Command(cmd, {
         args,
@@ -304,6 +308,7 @@ Deno.test("every process of an installed copy, run by xapi or by the plugin, pas
     // 3. A detached copy: its worker (a session of its own) and the worker's copy child.
     const answer = await callPlugin(plugin, "start", { src, dest: `${mnt}/c.raw` }, {
       SPARSE_DD_PLUGIN_STATE_DIR: state,
+      ...pluginEnv,
     });
     strictEqual(answer.status, "Success", JSON.stringify(answer.error) + answer.stderr);
     const id = answer.value!;
@@ -408,7 +413,7 @@ Deno.test("an installed copy opens nothing of the build and creates nothing but 
 });
 
 Deno.test("the release tarball installs and works with only /bin/sh tools, no node, npm or Deno", async () => {
-  const { dir, build } = await getSetup();
+  const { dir, build, pluginEnv } = await getSetup();
   const host = `${dir}/t5-host`;
   const root = `${dir}/t5-root`;
   await Deno.mkdir(host);
@@ -426,7 +431,7 @@ Deno.test("the release tarball installs and works with only /bin/sh tools, no no
   const answer = await callPlugin(`${root}/etc/xapi.d/plugins/sparse_dd`, "copy", {
     src,
     dest: `${dir}/t5-plugin.raw`,
-  });
+  }, pluginEnv);
   strictEqual(answer.status, "Success", JSON.stringify(answer.error));
   ok(await sameBytes(src, `${dir}/t5-plugin.raw`));
 });
