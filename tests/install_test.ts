@@ -275,7 +275,13 @@ Deno.test("every process of an installed copy, run by xapi or by the plugin, pas
   let frozen = false;
   const started: Deno.ChildProcess[] = [];
   const watched: number[] = [];
+  // Whatever happens, the file system thaws: a process blocked on it cannot even be killed.
+  const watchdog = setTimeout(() => {
+    new Deno.Command("fsfreeze", { args: ["-u", mnt] }).output().catch(() => {});
+  }, 60_000);
   try {
+    // The plugin creates a new destination itself (which would block); give it existing ones.
+    for (const name of ["b.raw", "c.raw"]) await Deno.writeFile(`${mnt}/${name}`, new Uint8Array());
     await sh("fsfreeze", ["-f", mnt]);
     frozen = true;
     const env = { PATH: "/usr/bin:/bin", SPARSE_DD_PLUGIN_STATE_DIR: state, ...pluginEnv };
@@ -341,6 +347,7 @@ Deno.test("every process of an installed copy, run by xapi or by the plugin, pas
     frozen = false;
     strictEqual((await direct.status).signal, "SIGKILL");
   } finally {
+    clearTimeout(watchdog);
     if (frozen) await sh("fsfreeze", ["-u", mnt]).catch(() => {});
     for (const c of started) {
       try {
