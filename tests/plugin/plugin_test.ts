@@ -226,13 +226,16 @@ Deno.test("values starting with '-' never become flags", async () => {
 Deno.test("a copy that fails: SPARSE_DD_COPY_FAILED [sparse_dd's message]", async () => {
   await withTempDir(async (dir) => {
     await sparseFile(`${dir}/src.raw`, 1 << 20, 9);
-    // Root may write anything but /proc/version: sparse_dd fails on the destination.
-    const e = expectFailure(
-      await plugin(xapiForm("copy", { src: `${dir}/src.raw`, dest: "/proc/version" })),
-      "SPARSE_DD_COPY_FAILED",
-    );
-    strictEqual(e.length, 2);
-    assert(/^sparse_dd: cannot (open|write) \/proc\/version/.test(e[1]), e[1]);
+    // A destination device smaller than the source: sparse_dd refuses it (exit 4).
+    await Deno.writeFile(`${dir}/small.img`, new Uint8Array(512 << 10));
+    await withLoop(`${dir}/small.img`, async (small) => {
+      const e = expectFailure(
+        await plugin(xapiForm("copy", { src: `${dir}/src.raw`, dest: small })),
+        "SPARSE_DD_COPY_FAILED",
+      );
+      strictEqual(e.length, 2);
+      assert(/^sparse_dd: destination .* is smaller \(524288 bytes\)/.test(e[1]), e[1]);
+    });
   });
 });
 
@@ -446,16 +449,16 @@ Deno.test("a detached copy that fails reports failed with sparse_dd's message", 
   await withTempDir(async (dir) => {
     const env = { SPARSE_DD_PLUGIN_STATE_DIR: `${dir}/state` };
     await sparseFile(`${dir}/src.raw`, 1 << 20, 10);
-    const id = expectSuccess(
-      await plugin(
-        xapiForm("start", { src: `${dir}/src.raw`, dest: "/proc/version" }),
-        { env },
-      ),
-    );
-    let op: OpState;
-    do op = await status(id, env); while (op.state === "running" || op.state === "starting");
-    strictEqual(op.state, "failed");
-    assert(/cannot (open|write) \/proc\/version/.test(op.error ?? ""), op.error ?? "");
+    await Deno.writeFile(`${dir}/small.img`, new Uint8Array(512 << 10));
+    await withLoop(`${dir}/small.img`, async (small) => {
+      const id = expectSuccess(
+        await plugin(xapiForm("start", { src: `${dir}/src.raw`, dest: small }), { env }),
+      );
+      let op: OpState;
+      do op = await status(id, env); while (op.state === "running" || op.state === "starting");
+      strictEqual(op.state, "failed");
+      assert(/destination .* is smaller \(524288 bytes\)/.test(op.error ?? ""), op.error ?? "");
+    });
     const mode = (await Deno.stat(`${dir}/state`)).mode! & 0o777;
     strictEqual(mode, 0o700, "the state directory is private");
   });
