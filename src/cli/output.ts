@@ -7,6 +7,7 @@
 import type { CopyStats } from "../copy/copier.ts";
 import type { DiscoverySummary } from "../discovery/source_allocation.ts";
 import { formatBytes } from "./progress.ts";
+import { redactSecrets } from "../http/url.ts";
 
 const encoder = new TextEncoder();
 export function writeAllSync(fd: { writeSync(p: Uint8Array): number }, text: string): void {
@@ -38,13 +39,13 @@ export function holdNotes(): void {
 
 /** Something worth saying that is not a failure: stderr, or the system log under -machine. */
 export function note(text: string): void {
-  if (held) held.push(text);
-  else writeAllSync(Deno.stderr, `sparse_dd: ${text}\n`);
+  if (held) held.push(redactSecrets(text));
+  else writeAllSync(Deno.stderr, `sparse_dd: ${redactSecrets(text)}\n`);
 }
 
-/** Why the run failed: always on stderr, prefixed with the program name. */
+/** Why the run failed: always on stderr, prefixed with the program name; secrets redacted. */
 export function failure(text: string): void {
-  writeAllSync(Deno.stderr, `sparse_dd: ${text}\n`);
+  writeAllSync(Deno.stderr, `sparse_dd: ${redactSecrets(text)}\n`);
 }
 
 /**
