@@ -11,6 +11,7 @@ import { copy } from "../copy/copier.ts";
 import type { Disk } from "../core/disk.ts";
 import {
   checkDistinct,
+  checkNotOwnOutput,
   checkStatsFile,
   type Endpoint,
   resolveEndpoint,
@@ -95,6 +96,7 @@ export async function runCopy(
   const destEnd = await resolveEndpoint(o.dest, "destination", { sysfsRoot });
   const checkOperands = async () => {
     checkDistinct(srcEnd, destEnd, baseEnd);
+    await checkNotOwnOutput(destEnd);
     if (o.statsFile !== undefined) {
       await checkStatsFile(o.statsFile, [srcEnd, destEnd, ...baseEnd ? [baseEnd] : []]);
     }

@@ -326,6 +326,32 @@ export function checkDistinct(src: Endpoint, dest: Endpoint, base?: Endpoint): v
 }
 
 /**
+ * Refuses (exit 1) a destination that is, or stands on, this process's own standard output or
+ * error as a file or block device (`-dest /dev/stdout > copy.raw`, `-dest copy.raw 2> copy.raw`):
+ * the summary, the progress records or a message would be written into the copy.
+ *
+ * @example
+ * ```ts ignore
+ * import { checkNotOwnOutput, resolveEndpoint } from "./endpoint.ts";
+ * checkNotOwnOutput(await resolveEndpoint("/dev/stdout", "destination")); // throws when a file
+ * ```
+ */
+export async function checkNotOwnOutput(dest: Endpoint): Promise<void> {
+  const names: Array<[number, string]> = [[1, "output"], [2, "error"]];
+  for (const [fd, name] of names) {
+    const s = await storageOf(`/proc/self/fd/${fd}`).catch(() => undefined);
+    if (s === undefined || !(s.stat.isFile || s.stat.isBlockDevice)) continue;
+    const hit = dest.storage.find((r) => r.key === s.key);
+    if (!hit) continue;
+    throw new SparseDdError(
+      ExitCode.Usage,
+      `-dest ${dest.spec} is this program's standard ${name} (${hit.what}): what sparse_dd ` +
+        `prints would be written into the copy; redirect the output elsewhere`,
+    );
+  }
+}
+
+/**
  * Refuses (exit 1) a `-stats-file` that is the source, the destination or the base (or a file
  * of their VHD chains): writing the stats would overwrite it.
  *

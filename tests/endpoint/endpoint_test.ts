@@ -58,6 +58,39 @@ Deno.test("the same file under any name is refused before anything is written (e
   });
 });
 
+Deno.test("a destination that is this program's own stdout or stderr is refused (exit 1)", async () => {
+  // `sparse_dd -src a -dest /dev/stdout > copy.raw` (or `-dest copy.raw 2> copy.raw`) would write
+  // the summary or a message over the copy and exit 0.
+  await withTempDir(async (dir) => {
+    const src = `${dir}/src.raw`;
+    await Deno.writeFile(src, new Uint8Array(64 * 1024).fill(7));
+    const cases: Array<[string, string]> = [
+      ["/dev/stdout", `> ${dir}/copy.raw`],
+      [`/proc/self/fd/1`, `> ${dir}/copy.raw`],
+      [`${dir}/copy.raw`, `> ${dir}/copy.raw`],
+      [`${dir}/copy.raw`, `2> ${dir}/copy.raw`],
+      [`${dir}/copy.raw`, `-machine > ${dir}/copy.raw`],
+    ];
+    for (const [dest, redirect] of cases) {
+      const machine = redirect.startsWith("-machine");
+      const out = machine ? redirect.slice("-machine ".length) : redirect;
+      const script = `"$0" run -A --quiet --no-lock "$1" ${machine ? "-machine " : ""}` +
+        `-src "$2" -dest "$3" -config /dev/null ${out}; echo "exit $?" >&3`;
+      const res = await new Deno.Command("sh", {
+        args: ["-c", `exec 3>&2; ${script}`, Deno.execPath(), `${ROOT}/main.ts`, src, dest],
+        stdout: "null",
+        stderr: "piped",
+      }).output();
+      const text = new TextDecoder().decode(res.stderr);
+      const err = redirect.startsWith("2>")
+        ? await Deno.readTextFile(`${dir}/copy.raw`).catch(() => "")
+        : text;
+      match(text, /exit 1\n$/, `${dest} ${redirect}: ${text}`);
+      match(err, /is this program's standard (output|error)/, `${dest} ${redirect}: ${err}`);
+    }
+  });
+});
+
 Deno.test("a second device node, and a loop device over the other operand, are the same disk", async () => {
   await withTempDir(async (dir) => {
     const img = `${dir}/disk.img`;
