@@ -342,6 +342,7 @@ export async function parse(argv: string[]): Promise<ParseResult> {
   const configFile = (values.config as string | undefined) ?? DEFAULT_CONFIG;
   const configNotes: string[] = [];
   const entries = await loadConfig(configFile, values["config-dir"] as string | undefined);
+  const fromArgv = { ...values };
   for (const e of entries) {
     // The plugin's setting (plugin/config.ts), in the same file: not the command line's business.
     if (e.key === "plugin-dest-dirs") continue;
@@ -353,7 +354,16 @@ export async function parse(argv: string[]): Promise<ParseResult> {
       configNotes.push(`${e.where}: ignoring unknown key '${e.key}'`);
       continue;
     }
-    values[e.key] = spec.kind === "boolean" ? parseBool(e.value, e.where) : e.value;
+    const value = spec.kind === "boolean" ? parseBool(e.value, e.where) : e.value;
+    // Silently replacing an operand (-size, -dest, ...) a caller passed would look like the
+    // caller's choice: say so.
+    const given = fromArgv[e.key];
+    if (given !== undefined && given !== value) {
+      configNotes.push(
+        `${e.where}: ${e.key} = ${e.value} overrides -${e.key} ${given} of the command line`,
+      );
+    }
+    values[e.key] = value;
   }
 
   const str = (k: string) => values[k] as string | undefined;

@@ -60,3 +60,30 @@ Deno.test("a configuration that is a never-ending character device or a FIFO is 
     strictEqual(ok.code, 0, ok.stderr);
   });
 });
+
+Deno.test("a configured value that overrides a different one on the command line is noted on stderr", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.writeFile(`${dir}/src`, new Uint8Array(8192).fill(1));
+    await Deno.writeTextFile(`${dir}/conf`, "size = 4096\nunbuffered = false\n");
+    const res = await runMain([
+      "-src",
+      `${dir}/src`,
+      "-dest",
+      `${dir}/out`,
+      "-size",
+      "8192",
+      "-unbuffered",
+      "false",
+      "-config",
+      `${dir}/conf`,
+    ]);
+    strictEqual(res.code, 0, res.stderr);
+    match(
+      res.stderr,
+      new RegExp(`${dir}/conf:1: size = 4096 overrides -size 8192 of the command line`),
+    );
+    // The same value twice is no override.
+    strictEqual(/unbuffered = false overrides/.test(res.stderr), false, res.stderr);
+    strictEqual((await Deno.stat(`${dir}/out`)).size, 4096, "the configuration wins, as in xapi");
+  });
+});

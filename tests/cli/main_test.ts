@@ -124,7 +124,12 @@ Deno.test("configuration files win over argv; fragments are read in sorted order
     strictEqual(r.options.nice, 5);
     strictEqual(r.options.quantum, 65536);
     strictEqual(r.options.unbuffered, false);
-    deepStrictEqual(r.configNotes, [`${dir}/sparse_dd.conf:4: ignoring unknown key 'bogus'`]);
+    deepStrictEqual(r.configNotes, [
+      `${dir}/sparse_dd.conf:2: prezeroed = false overrides -prezeroed true of the command line`,
+      `${dir}/sparse_dd.conf:4: ignoring unknown key 'bogus'`,
+      `${dir}/sparse_dd.conf.d/10-a:1: quantum = 4096 overrides -quantum 512 of the command line`,
+      `${dir}/sparse_dd.conf.d/20-b:1: quantum = 65536 overrides -quantum 512 of the command line`,
+    ]);
   });
 });
 
