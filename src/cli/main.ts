@@ -72,8 +72,16 @@ export async function main(argv: string[], entry: Entry = {}): Promise<number> {
         return ExitCode.Usage;
       }
     }
-    if (o.json) writeAllSync(o.machine ? Deno.stderr : Deno.stdout, json + "\n");
-    else if (!o.machine) writeAllSync(Deno.stdout, summary(report));
+    try {
+      if (o.json) writeAllSync(o.machine ? Deno.stderr : Deno.stdout, json + "\n");
+      else if (!o.machine) writeAllSync(Deno.stdout, summary(report));
+    } catch (err) {
+      // Not a source error either: the copy is done; only its report cannot be printed.
+      failure(
+        `the copy to ${o.dest} is complete, but its report cannot be written: ${messageOf(err)}`,
+      );
+      return ExitCode.Usage;
+    }
     return ExitCode.Ok;
   } catch (err) {
     if (err instanceof CopyAborted || stoppedBy) {

@@ -162,7 +162,18 @@ export async function runCopy(
     }
     const prezeroed = o.prezeroed || dst.knownZero === true;
     const reporter: ProgressReporter = machine
-      ? new MachineProgress()
+      ? new MachineProgress((b) => {
+        try {
+          for (let off = 0; off < b.length;) off += Deno.stdout.writeSync(b.subarray(off));
+        } catch (err) {
+          // xapi reading the records is gone (EPIPE): not the source's fault.
+          throw new SparseDdError(
+            ExitCode.Usage,
+            `cannot write the progress records to stdout: ${messageOf(err)}; ` +
+              `${redactSecrets(o.dest)} is incomplete`,
+          );
+        }
+      })
       : (o.progress === "bar" || (o.progress === "auto" && Deno.stderr.isTerminal()))
       ? new HumanProgress()
       : new NoProgress();

@@ -1,4 +1,5 @@
-import { deepStrictEqual, strictEqual } from "node:assert/strict";
+import { deepStrictEqual, match, strictEqual } from "node:assert/strict";
+import { ExitCode } from "../../src/core/errors.ts";
 import {
   encodeRecord,
   END_RECORD,
@@ -7,7 +8,7 @@ import {
   percentOf,
   RecordDecoder,
 } from "../../src/cli/progress.ts";
-import { readMachineStream } from "../_support/helpers.ts";
+import { mainCommand, readMachineStream, ROOT, sh, withTempDir } from "../_support/helpers.ts";
 
 function concat(parts: Uint8Array[]): Uint8Array {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
@@ -85,4 +86,46 @@ Deno.test("the decoder refuses what xapi refuses: other payloads, an offset end 
     5,
   ]);
   strictEqual(d.trailing, 3);
+});
+
+Deno.test("-machine: a progress reader that goes away is reported as such, not as a source error", async () => {
+  await withTempDir(async (dir) => {
+    // Real data (zeroes written, not holes): the copy reads and reports every percent.
+    await sh("dd", ["if=/dev/zero", `of=${dir}/src`, "bs=1M", "count=256", "status=none"]);
+    const child = mainCommand(
+      ["-machine", "-src", `${dir}/src`, "-dest", `${dir}/out`, "-config", "/dev/null"],
+    ).spawn();
+    const reader = child.stdout.getReader();
+    await reader.read(); // Progress: 0
+    await reader.cancel(); // xapi is gone: the pipe has no reader any more
+    const [status, stderr] = await Promise.all([
+      child.status,
+      new Response(child.stderr).text(),
+    ]);
+    strictEqual(status.code, ExitCode.Usage, stderr);
+    match(stderr, /^sparse_dd: cannot write the progress records to stdout: Broken pipe/);
+    match(stderr, new RegExp(`${dir}/out is incomplete`));
+  });
+});
+
+Deno.test("a summary that cannot be printed after a complete copy says so (exit 1, not a source error)", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.writeFile(`${dir}/src`, new Uint8Array(4096).fill(3));
+    // stdout on a full device: writing the summary fails with ENOSPC.
+    const res = await new Deno.Command("sh", {
+      args: [
+        "-c",
+        `"$0" run -A --quiet --no-lock "$1" -src "$2" -dest "$3" -config /dev/null > /dev/full`,
+        Deno.execPath(),
+        `${ROOT}/main.ts`,
+        `${dir}/src`,
+        `${dir}/out`,
+      ],
+      stderr: "piped",
+    }).output();
+    const stderr = new TextDecoder().decode(res.stderr);
+    strictEqual(res.code, ExitCode.Usage, stderr);
+    match(stderr, /the copy to .* is complete, but its report cannot be written: No space left/);
+    strictEqual((await Deno.readFile(`${dir}/out`)).every((b) => b === 3), true);
+  });
 });
