@@ -134,8 +134,21 @@ export async function runCopy(
         `destination ${o.dest} is smaller (${dst.size} bytes) than -size ${size}`,
       );
     }
+    // With -base the destination holds the base's data, usable or not: never zero. Unless it
+    // was just created (or empty): then it holds nothing of the base, and only a full copy onto
+    // its zeroes is right.
+    let holdsBase = base !== undefined;
+    if (holdsBase && dst.knownZero === true) {
+      if (unchanged !== undefined) {
+        notes.push(
+          `warning: ${o.dest} is new or empty, so it does not hold -base ${base}: doing a full copy`,
+        );
+      }
+      holdsBase = false;
+      unchanged = undefined;
+    }
     for (const n of notes) note(n);
-    const prezeroed = o.prezeroed || dst.knownZero === true;
+    const prezeroed = !holdsBase && (o.prezeroed || dst.knownZero === true);
     const reporter: ProgressReporter = machine
       ? new MachineProgress()
       : (o.progress === "bar" || (o.progress === "auto" && Deno.stderr.isTerminal()))
@@ -146,6 +159,7 @@ export async function runCopy(
       allocation: alloc.extents,
       prezeroed,
       unchanged,
+      holdsBase,
       quantum: o.quantum,
       signal,
       lanes,

@@ -22,6 +22,8 @@ export interface CopyOptions {
   prezeroed: boolean;
   /** Ranges the destination already holds (`-base`): left alone. */
   unchanged?: ExtentSet;
+  /** The destination holds a base's data (`-base`), so it is never assumed zero. */
+  holdsBase?: boolean;
   /** Zero-scan quantum in bytes (default 16 KiB). */
   quantum?: number;
   /** Largest read or write in bytes (default 2 MiB). */
@@ -171,7 +173,7 @@ export async function executePlan(
   src: Disk,
   dst: Disk,
   plan: Plan,
-  options: Omit<CopyOptions, "size" | "allocation" | "prezeroed" | "unchanged"> = {},
+  options: Omit<CopyOptions, "size" | "allocation" | "prezeroed" | "unchanged" | "holdsBase"> = {},
 ): Promise<CopyStats> {
   const started = performance.now();
   // Checked before anything is written: no write may land outside either disk.
@@ -345,7 +347,10 @@ export async function runSteps(
   src: Disk,
   dst: Disk,
   run: Plan,
-  options: Omit<CopyOptions, "size" | "allocation" | "prezeroed" | "unchanged" | "lanes">,
+  options: Omit<
+    CopyOptions,
+    "size" | "allocation" | "prezeroed" | "unchanged" | "holdsBase" | "lanes"
+  >,
   lanes: Pick<Lanes, "segment" | "claim"> | undefined,
   onDone: (bytes: number, counts: Readonly<StepCounts>) => void,
 ): Promise<StepCounts> {
