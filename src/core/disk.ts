@@ -74,7 +74,15 @@ export interface DiskView {
 }
 
 /** What went wrong, for the exit code: see `ExitCode` in `errors.ts`. */
-export type DiskOp = "open" | "read" | "write" | "zero" | "flush" | "stat" | "allocation";
+export type DiskOp =
+  | "open"
+  | "read"
+  | "write"
+  | "zero"
+  | "flush"
+  | "close"
+  | "stat"
+  | "allocation";
 
 /**
  * An I/O failure on a named disk, at an offset when there is one. Its message is the one line a

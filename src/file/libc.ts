@@ -442,10 +442,15 @@ export class Libc {
     if (this.#s.ftruncate(fd, BigInt(length)) !== 0) this.#fail("ftruncate");
   }
 
-  /** `fdatasync(2)` on another thread. */
+  /**
+   * `fdatasync(2)` on another thread. A failure is final: the kernel reports a writeback error
+   * once per descriptor (and may have dropped the pages), so a repeat that returns 0 proves
+   * nothing. The repeat only serves to learn errno; when it succeeds the reason is unknown.
+   */
   async fdatasync(fd: number): Promise<void> {
     if (await this.#s.fdatasyncAsync(fd) === 0) return;
     if (this.#s.fdatasync(fd) !== 0) this.#fail("fdatasync");
+    throw lostReason("fdatasync");
   }
 
   /**
@@ -458,7 +463,8 @@ export class Libc {
 
   /**
    * `sync_file_range(2)` on another thread (with the WAIT flags it blocks until the range is on
-   * the device). Errors are thrown: a failed writeback is a failed write.
+   * the device). Errors are thrown: a failed writeback is a failed write, and, as with
+   * {@linkcode Libc.fdatasync}, a repeat that succeeds does not undo it.
    */
   async syncFileRangeAsync(fd: number, offset: number, length: number, flags: number) {
     const r = await this.#s.syncFileRangeAsync(fd, BigInt(offset), BigInt(length), flags);
@@ -466,6 +472,7 @@ export class Libc {
     if (this.#s.sync_file_range(fd, BigInt(offset), BigInt(length), flags) !== 0) {
       this.#fail("sync_file_range");
     }
+    throw lostReason("sync_file_range");
   }
 
   /**
@@ -530,6 +537,14 @@ export class Libc {
   fadvise(fd: number, offset: number, length: number, advice: number): void {
     this.#s.posix_fadvise(fd, BigInt(offset), BigInt(length), advice);
   }
+}
+
+/**
+ * A call on another thread failed, and its errno went with that thread; repeated here, it
+ * succeeded (a writeback error is reported once). The failure stands.
+ */
+function lostReason(syscall: string): ErrnoError {
+  return new ErrnoError(syscall, 5, "writeback failed (Input/output error or no space)");
 }
 
 let loaded: Libc | null | undefined;
