@@ -401,6 +401,8 @@ export async function runSteps(
   interface Loaded {
     bytes: Uint8Array;
     isZero?: (buf: Uint8Array, start: number, end: number) => boolean;
+    /** Lent bytes: why they are no longer the source's, if so (see DiskView.stale). */
+    stale?: () => string | undefined;
     /** Returns the buffer to the pool, or the lent bytes to the source. */
     done(): void;
   }
@@ -408,7 +410,8 @@ export async function runSteps(
     const lent = await src.view?.(step.start, step.length, step.until);
     if (lent) {
       const isZero = lent.isZero?.bind(lent);
-      return { bytes: lent.bytes, isZero, done: () => lent.release() };
+      const stale = lent.stale?.bind(lent);
+      return { bytes: lent.bytes, isZero, stale, done: () => lent.release() };
     }
     const buf = take();
     try {
@@ -494,6 +497,15 @@ export async function runSteps(
         } else {
           stats.dataBytes += step.length;
           work = write(step.start, view);
+        }
+        // Lent bytes that vanished under the write (the source was cut short): the source's
+        // error, at the step's offset, not the destination's.
+        if (loaded.stale) {
+          const stale = loaded.stale;
+          work = work.catch((err) => {
+            const why = stale();
+            throw why === undefined ? err : fail(why, src, "source", "read", step.start);
+          });
         }
         // Every write of the step has settled (or the first failed and the others are still
         // settling): only then may the bytes go back.

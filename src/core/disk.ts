@@ -71,6 +71,12 @@ export interface DiskView {
   release(): void;
   /** A faster test for zero bytes in `bytes` than the copier's own, where the lender has one. */
   isZero?(buf: Uint8Array, start: number, end: number): boolean;
+  /**
+   * Why the lent bytes are no longer the disk's (a file cut short under its mapping), or
+   * `undefined`: asked when writing them failed, so that the source is blamed, not the
+   * destination (a `pwrite` from pages that vanished fails with EFAULT).
+   */
+  stale?(): string | undefined;
 }
 
 /** What went wrong, for the exit code: see `ExitCode` in `errors.ts`. */

@@ -6,7 +6,7 @@ import { FileDisk } from "../../src/file/file_disk.ts";
 import { copy } from "../../src/copy/copier.ts";
 import { DiskError, MemoryDisk } from "../../src/core/disk.ts";
 import { isZero } from "../../src/copy/quantum.ts";
-import { withTempDir } from "../_support/helpers.ts";
+import { mainCommand, withTempDir } from "../_support/helpers.ts";
 import { Prng } from "../_support/prng.ts";
 
 const MiB = 1024 * 1024;
@@ -154,3 +154,115 @@ Deno.test("pages lent and released leave the mapping: the process's RSS stays bo
     });
   });
 });
+
+/**
+ * A source of `size` bytes in which every MiB holds 64 KiB of random data (so a truncation
+ * anywhere is met by a later read) and zeroes elsewhere.
+ */
+async function dataEveryMiB(path: string, size: number, seed: number): Promise<void> {
+  const r = new Prng(seed);
+  const f = await Deno.open(path, { write: true, create: true, truncate: true });
+  await f.truncate(size);
+  const block = new Uint8Array(64 * 1024);
+  for (let at = 0; at < size; at += MiB) {
+    await f.seek(at + r.int(15) * 65536, Deno.SeekMode.Start);
+    r.fill(block);
+    let n = 0;
+    while (n < block.length) n += await f.write(block.subarray(n));
+  }
+  f.close();
+}
+
+const TRUNCATE_PATH = "import os, sys; os.truncate(sys.argv[1], int(sys.argv[2]))";
+const TRUNCATE_FD =
+  "import os, sys\nfd = os.open(sys.argv[1], os.O_WRONLY)\nos.ftruncate(fd, int(sys.argv[2]))";
+
+/**
+ * Runs a -machine copy and, once it reports `atPercent`, truncates the source from another
+ * process to `cut(percent)` bytes; the exit code, the signal and stderr.
+ */
+async function copyWhileTruncating(
+  args: string[],
+  src: string,
+  atPercent: number,
+  cut: (percent: number) => number,
+  byPath: boolean,
+): Promise<{ code: number; signal: Deno.Signal | null; stderr: string; cutTo?: number }> {
+  const child = mainCommand(["-machine", ...args]).spawn();
+  const stderr = new Response(child.stderr).text();
+  let cutTo: number | undefined;
+  let truncating: Promise<unknown> | undefined;
+  let buf = new Uint8Array(0);
+  for await (const chunk of child.stdout) {
+    const joined = new Uint8Array(buf.length + chunk.length);
+    joined.set(buf);
+    joined.set(chunk, buf.length);
+    buf = joined;
+    // Frames: 12-byte header (u64 offset, u32 length), then "Progress: N".
+    while (buf.length >= 12) {
+      const len = new DataView(buf.buffer, buf.byteOffset + 8, 4).getUint32(0, true);
+      if (buf.length < 12 + len) break;
+      const m = /Progress: (\d+)/.exec(new TextDecoder().decode(buf.subarray(12, 12 + len)));
+      buf = buf.subarray(12 + len);
+      if (m && truncating === undefined && Number(m[1]) >= atPercent) {
+        cutTo = cut(Number(m[1]));
+        // Another process, which waits while the copy holds a lease on the file (coreutils'
+        // truncate opens with O_NONBLOCK and would fail instead): truncate(2) by path, or an
+        // open for writing and ftruncate(2).
+        truncating = new Deno.Command("python3", {
+          args: ["-c", byPath ? TRUNCATE_PATH : TRUNCATE_FD, src, String(cutTo)],
+        }).output().then((out) => {
+          if (!out.success) throw new Error(new TextDecoder().decode(out.stderr));
+        });
+      }
+    }
+  }
+  const status = await child.status;
+  await truncating;
+  return { code: status.code, signal: status.signal, stderr: await stderr, cutTo };
+}
+
+for (
+  const [name, flags] of [
+    ["onto a prezeroed file (scanned)", ["-prezeroed"]],
+    ["onto a file (written from the mapping)", []],
+    ["buffered, one fdatasync", ["-unbuffered", "false"]],
+    ["with two threads", ["-prezeroed", "-threads", "2"]],
+  ] as const
+) {
+  Deno.test(`a source truncated during the copy is a source error at its offset, never SIGBUS (${name})`, async () => {
+    await withTempDir(async (dir) => {
+      const size = 512 * MiB;
+      const src = `${dir}/src`;
+      let hits = 0;
+      // Until the truncation has met the copy several times (it may also come too late).
+      for (let seed = 1; hits < 6; seed++) {
+        ok(seed <= 40, `the truncation met the copy only ${hits} times in 40 runs`);
+        const r = new Prng(seed);
+        await dataEveryMiB(src, size, seed);
+        await Deno.remove(`${dir}/dest`).catch(() => {});
+        const atPercent = 1 + r.int(60);
+        // Near the copy's position (racing with pages being scanned and written), or further on;
+        // any byte offset.
+        const res = await copyWhileTruncating(
+          ["-src", src, "-dest", `${dir}/dest`, "-size", String(size), ...flags],
+          src,
+          atPercent,
+          (p) => Math.floor(size * p / 100) + r.int(r.chance(0.5) ? 8 * MiB : 128 * MiB),
+          r.chance(0.5),
+        );
+        strictEqual(res.signal, null, `seed ${seed}: killed by ${res.signal}: ${res.stderr}`);
+        if (res.code === 0) continue; // the copy had read everything before the cut
+        hits++;
+        strictEqual(res.code, 3, `seed ${seed}: ${res.stderr}`);
+        const m = new RegExp(`^sparse_dd: cannot read ${src} at offset (\\d+): .+$`).exec(
+          res.stderr.trim(),
+        );
+        ok(m, `seed ${seed}: ${res.stderr}`);
+        // The read that failed reaches past the cut (a step is at most 2 MiB).
+        const at = Number(m[1]);
+        ok(at < size && at + 2 * MiB > res.cutTo!, `seed ${seed}: offset ${at}, cut ${res.cutTo}`);
+      }
+    });
+  });
+}
