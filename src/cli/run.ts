@@ -11,6 +11,7 @@ import { copy } from "../copy/copier.ts";
 import type { Disk } from "../core/disk.ts";
 import { openDestination, openSource } from "../endpoint/open.ts";
 import { type LaneGroup, startLanes } from "../copy/threads.ts";
+import { FileDisk } from "../file/file_disk.ts";
 import { isNbdUri } from "../nbd/protocol.ts";
 import { HumanProgress, MachineProgress, NoProgress, type ProgressReporter } from "./progress.ts";
 import { DEVICE_THREADS, LANE_SEGMENT, type Options } from "./flags.ts";
@@ -165,6 +166,12 @@ export async function runCopy(
       lanes,
       onProgress: (done, total) => reporter.update(done, total),
     });
+    if (src instanceof FileDisk) {
+      // A file cut short where the copy read nothing (a hole) fails no read: it is still no copy.
+      await src.assertSize(size).catch((err) => {
+        throw tag(err, "source");
+      });
+    }
     try {
       await dst.flush();
       // Closing a written file may report what flushing did not (NFS): before success.

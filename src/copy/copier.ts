@@ -403,6 +403,8 @@ export async function runSteps(
     isZero?: (buf: Uint8Array, start: number, end: number) => boolean;
     /** Lent bytes: why they are no longer the source's, if so (see DiskView.stale). */
     stale?: () => string | undefined;
+    /** Lent bytes the lender wants back before they are touched (see DiskView.revoked). */
+    revoked?: () => boolean;
     /** Returns the buffer to the pool, or the lent bytes to the source. */
     done(): void;
   }
@@ -411,8 +413,12 @@ export async function runSteps(
     if (lent) {
       const isZero = lent.isZero?.bind(lent);
       const stale = lent.stale?.bind(lent);
-      return { bytes: lent.bytes, isZero, stale, done: () => lent.release() };
+      const revoked = lent.revoked?.bind(lent);
+      return { bytes: lent.bytes, isZero, stale, revoked, done: () => lent.release() };
     }
+    return await readInto(step);
+  };
+  const readInto = async (step: Step): Promise<Loaded> => {
     const buf = take();
     try {
       await src.read(step.start, buf.subarray(0, step.length));
@@ -466,7 +472,12 @@ export async function runSteps(
       let work: Promise<void>;
       if (item.read) {
         readsQueued--;
-        const loaded = await item.read;
+        let loaded = await item.read;
+        if (loaded.revoked?.()) {
+          // Given back untouched, and read instead (the read reports a source cut short).
+          loaded.done();
+          loaded = await readInto(step);
+        }
         // Checked again after the wait: the step may not start writing once stopped.
         if (options.signal?.aborted) {
           loaded.done();

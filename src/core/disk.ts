@@ -77,6 +77,12 @@ export interface DiskView {
    * destination (a `pwrite` from pages that vanished fails with EFAULT).
    */
   stale?(): string | undefined;
+  /**
+   * True when the lender needs the bytes back before they are used (the file is about to be
+   * cut short, see mapping.ts): the caller releases them without touching them and reads the
+   * range instead. Asked right before the bytes are first touched.
+   */
+  revoked?(): boolean;
 }
 
 /** What went wrong, for the exit code: see `ExitCode` in `errors.ts`. */

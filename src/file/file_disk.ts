@@ -638,6 +638,33 @@ export class FileDisk implements Disk {
     }
   }
 
+  /**
+   * Throws a {@linkcode DiskError} when a regular file is now shorter than `size`: it was cut
+   * short while being copied, perhaps where the copy read nothing (a hole), so no read failed.
+   *
+   * @example
+   * ```ts ignore
+   * await src.assertSize(size); // after the copy, before reporting success
+   * ```
+   */
+  async assertSize(size: number): Promise<void> {
+    if (this.isBlockDevice) return;
+    let now: number;
+    try {
+      now = await this.#io.size();
+    } catch (err) {
+      this.#fail("stat", undefined, err);
+    }
+    if (now < size) {
+      throw new DiskError(
+        this.name,
+        "read",
+        now,
+        `the file was cut to ${now} bytes during the copy`,
+      );
+    }
+  }
+
   /** Data extents from `SEEK_DATA`/`SEEK_HOLE`; `undefined` on devices or without FFI. */
   allocation(): Promise<ExtentSet | undefined> {
     if (this.isBlockDevice) return Promise.resolve(undefined);

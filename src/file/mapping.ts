@@ -12,10 +12,11 @@
  * Touching a mapped page past the file's end raises SIGBUS, which kills the process; a `pwrite`
  * from one fails with EFAULT. So pages are lent only under a read lease (`F_SETLEASE`): another
  * process that truncates the file, or opens it for writing, waits until the lease is given up.
- * A view is lent only while the lease is not being broken; once it is, nothing more is lent (the
- * caller reads with `pread`, which reports a shorter file as an error at its offset) and the
- * lease is given up as soon as the last view is back. Without a lease nothing is lent. (The
- * kernel takes a lease back by force after `lease-break-time`, 45 s: no view is lent that long.)
+ * The lease is held only while views are lent, and a view is lent only while it is not being
+ * broken: once it is, nothing more is lent (the caller reads with `pread`, which reports a
+ * shorter file as an error at its offset) and the lease is given up as soon as the views in use
+ * are back. Without a lease (the file is open for writing elsewhere) nothing is lent. (The kernel
+ * takes a lease back by force after `lease-break-time`, 45 s: no view is lent that long.)
  *
  * @example
  * ```ts
@@ -60,9 +61,8 @@ interface Window {
 /** A read-only file lent by mapping it (see the module documentation). */
 export class MappedFile {
   readonly #windows: Window[] = [];
-  /** The read lease: not yet tried, held, being broken (give it up once nothing is lent), or
-   * not held (lend nothing). */
-  #lease: "untried" | "held" | "breaking" | "none" = "untried";
+  /** The read lease: held, being broken (lend nothing more), or not held. */
+  #lease: "held" | "breaking" | "none" = "none";
 
   constructor(
     readonly c: Libc,
@@ -91,7 +91,10 @@ export class MappedFile {
     const w = offset + length <= start + this.window + this.overlap
       ? this.#windowAt(start)
       : this.#map(offset - offset % PAGE, offset + length - (offset - offset % PAGE), true);
-    if (!w) return undefined;
+    if (!w) {
+      this.#giveUpLease();
+      return undefined;
+    }
     const token = { offset };
     w.lent.add(token);
     let lent = true;
@@ -101,7 +104,6 @@ export class MappedFile {
       w.lent.delete(token);
       this.#released(w, offset, length);
       // A process waiting to truncate or write the file goes on once nothing is lent.
-      if (this.#lease === "held" && this.c.leaseBroken(this.fd)) this.#lease = "breaking";
       this.#giveUpLease();
     };
     if (!await this.#populate(w, offset, offset + length, until ?? offset + length)) {
@@ -114,6 +116,7 @@ export class MappedFile {
       // The SIMD scanner only reaches WebAssembly memory; libc's memcmp reads the mapping.
       isZero: (buf, from, to) => this.c.isZero(buf, from, to),
       stale: () => this.#stale(offset, length),
+      revoked: () => !this.#stillLeased(),
     };
   }
 
@@ -130,21 +133,29 @@ export class MappedFile {
       : undefined;
   }
 
-  /** True while views may be lent: the read lease is held and not being broken. */
+  /**
+   * True when a view may be lent: the read lease is held (taken now if need be) and not being
+   * broken. Once it is being broken, nothing is lent until it has been given up.
+   */
   #leased(): boolean {
-    if (this.#lease === "untried") {
-      this.#lease = this.c.takeReadLease(this.fd) ? "held" : "none";
-    }
-    if (this.#lease === "held" && this.c.leaseBroken(this.fd)) {
-      this.#lease = "breaking";
-      this.#giveUpLease();
-    }
+    if (this.#lease === "none") this.#lease = this.c.takeReadLease(this.fd) ? "held" : "none";
+    if (!this.#stillLeased()) this.#giveUpLease();
     return this.#lease === "held";
   }
 
-  /** Gives the lease up once it is being broken and no view is lent. */
+  /** True while the lease is held and not being broken (lent views may be touched). */
+  #stillLeased(): boolean {
+    if (this.#lease === "held" && this.c.leaseBroken(this.fd)) this.#lease = "breaking";
+    return this.#lease === "held";
+  }
+
+  /**
+   * Gives the lease up once no view is lent, so that a process waiting to truncate or write the
+   * file waits no longer than the views in use: when it is being broken, and whenever the
+   * copy has nothing lent (it may go on without lending for a long time: zeroes, other lanes).
+   */
   #giveUpLease(): void {
-    if (this.#lease !== "breaking") return;
+    if (this.#lease === "none") return;
     if (this.#windows.some((w) => w.lent.size > 0)) return;
     this.c.releaseLease(this.fd);
     this.#lease = "none";
@@ -179,7 +190,7 @@ export class MappedFile {
   /** Unmaps everything, lent or not, and gives up the lease: call only once no view is in use. */
   close(): void {
     for (const w of this.#windows.splice(0)) this.c.munmap(w.p, w.span);
-    if (this.#lease === "held" || this.#lease === "breaking") this.c.releaseLease(this.fd);
+    if (this.#lease !== "none") this.c.releaseLease(this.fd);
     this.#lease = "none";
   }
 
