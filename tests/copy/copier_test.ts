@@ -602,7 +602,7 @@ Deno.test("lent bytes the lender takes back are not used: the range is read inst
   const src = new LendingDisk(data, new Uint8Array(1 << 20).fill(0xee), { revoked: true });
   const dst = new MemoryDisk(1 << 20);
   await copy(src, dst, { size: 1 << 20, prezeroed: false, chunkSize: 65536 });
-  deepStrictEqual(dst.data, data);
+  ok(dst.data.every((b) => b === 7), "the destination holds what was read");
   strictEqual(src.released, 16, "every view given back");
 });
 
