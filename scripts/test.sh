@@ -9,7 +9,7 @@ cd "$ROOT"
 
 # Packages the tests drive as real peers and oracles.
 TEST_PACKAGES=(
-  qemu-utils nbdkit libnbd-bin python3 python3-libvhdi util-linux coreutils
+  qemu-utils nbdkit libnbd-bin python3 python3-libvhdi util-linux coreutils openssl
   xenstore-utils libxenmisc4.17 libxenevtchn1 libxengnttab1 gcc libc6-dev
 )
 
@@ -25,8 +25,8 @@ echo "== deno fmt --check" >&2
 "$DENO" fmt --check
 echo "== deno lint" >&2
 "$DENO" lint
-echo "== deno check" >&2
+echo "== deno check --doc (the code and every JSDoc @example)" >&2
 shopt -s nullglob
-"$DENO" check main.ts src/ plugin/ tests/ scripts/*.ts
+"$DENO" check --doc main.ts src/ plugin/ tests/ scripts/*.ts
 echo "== deno test" >&2
 "$DENO" test -A --no-lock "$@" tests/

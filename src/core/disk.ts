@@ -7,6 +7,7 @@
  */
 
 import type { ExtentSet } from "./extent.ts";
+import { errorText } from "./error_text.ts";
 
 /**
  * A random-access disk of `size` bytes.
@@ -96,6 +97,17 @@ export type DiskOp =
   | "stat"
   | "allocation";
 
+/** How each operation reads in a message: `cannot read /dev/sdb ...`. */
+const OP_WORDS: Record<DiskOp, string> = {
+  open: "open",
+  read: "read",
+  write: "write",
+  zero: "zero",
+  flush: "flush",
+  stat: "stat",
+  allocation: "get the allocation of",
+};
+
 /**
  * An I/O failure on a named disk, at an offset when there is one. Its message is the one line a
  * user sees: `cannot read /dev/sdb at offset 1048576: Input/output error`.
@@ -125,7 +137,9 @@ export class DiskError extends Error {
     options?: ErrorOptions,
   ) {
     super(
-      `cannot ${op} ${disk}${offset === undefined ? "" : ` at offset ${offset}`}: ${reason}`,
+      `cannot ${OP_WORDS[op]} ${disk}${
+        offset === undefined ? "" : ` at offset ${offset}`
+      }: ${reason}`,
       options,
     );
     this.name = "DiskError";
@@ -140,7 +154,7 @@ export function asDiskError(
   offset?: number,
 ): DiskError {
   if (err instanceof DiskError) return err;
-  const reason = err instanceof Error ? err.message : String(err);
+  const reason = errorText(err);
   return new DiskError(disk, op, offset, reason, { cause: err });
 }
 

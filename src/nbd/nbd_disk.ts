@@ -14,16 +14,17 @@
 import { DiskError, type DiskOp } from "../core/disk.ts";
 import type { Disk } from "../core/disk.ts";
 import { ExtentSet } from "../core/extent.ts";
+import { Coverage } from "./coverage.ts";
+import { appendExtents, coarsen, type DataRange, type Run } from "./extents.ts";
 import {
   BASE_ALLOCATION,
-  type BlockDescriptor,
+  blockLimits,
   ChunkType,
   ClientFlag,
   clientFlagsFor,
   Cmd,
   CmdFlag,
   commandName,
-  decodeBlockStatus,
   decodeDataOffset,
   decodeErrorChunk,
   decodeExportNameReply,
@@ -31,6 +32,7 @@ import {
   decodeInfoReply,
   decodeMetaContextReply,
   decodeOffsetHole,
+  decodeOldstyleGreeting,
   decodeOptionReplyHeader,
   decodeReplyHeader,
   DEFAULT_MAX_BLOCK,
@@ -45,11 +47,14 @@ import {
   GREETING_SIZE,
   Info,
   isErrorChunk,
+  isOldstyleGreeting,
   isOptionError,
   NbdProtocolError,
   type NbdTarget,
+  OLDSTYLE_GREETING_SIZE,
   Opt,
   OPTION_REPLY_HEADER_SIZE,
+  optionName,
   parseNbdUri,
   Rep,
   RepErr,
@@ -57,12 +62,25 @@ import {
   replyHeaderSize,
   REQUEST_HEADER_SIZE,
   SIMPLE_REPLY_SIZE,
-  StateFlag,
   STRUCTURED_REPLY_HEADER_SIZE,
   TransmissionFlag,
 } from "./protocol.ts";
+import { errorText } from "../core/error_text.ts";
 
-/** Options of {@linkcode NbdDisk.open}. */
+/**
+ * What the client needs of a connection: a socket (`Deno.Conn`), or a stream that was
+ * something else first (an HTTP connection upgraded to NBD, see `src/http/`).
+ */
+export interface NbdConnection {
+  /** Reads some bytes; `null` at the end of the stream. */
+  read(buf: Uint8Array): Promise<number | null>;
+  /** Writes some of `buf`; the buffer may be reused once it resolves. */
+  write(buf: Uint8Array): Promise<number>;
+  /** Drops the connection. */
+  close(): void;
+}
+
+/** Options of {@linkcode NbdDisk.open} and {@linkcode NbdDisk.attach}. */
 export interface NbdOptions {
   /** Export name to ask for instead of the one in the URI (`-nbd-export`). */
   exportName?: string;
@@ -86,6 +104,15 @@ export interface NbdOptions {
    * answers; failures surface on the next call or on `flush`. Default true.
    */
   writeBehind?: boolean;
+  /**
+   * `full` (default): structured replies, `base:allocation`, `NBD_OPT_GO`. `export-name`: only
+   * `NBD_OPT_EXPORT_NAME` and simple replies, as xapi's sparse_dd speaks to tapdisk through
+   * xapi's NBD proxy; oldstyle servers are accepted too, only in this mode.
+   */
+  negotiation?: "full" | "export-name";
+  /** Use `NBD_CMD_WRITE_ZEROES` when the server offers it. Default true; false writes zero
+   * buffers (only `NBD_CMD_WRITE`, as xapi does over its proxy). */
+  writeZeroes?: boolean;
 }
 
 /** What the handshake learnt about the export. */
@@ -110,8 +137,19 @@ const DEFAULT_REQUEST_TIMEOUT = 120_000;
 const DEFAULT_IN_FLIGHT = 16;
 /** Writes up to this size are sent as one buffer with their header (one syscall). */
 const COALESCE_LIMIT = 256 * 1024;
-/** Largest payload accepted for a chunk that is not data (block status, errors). */
-const MAX_META_PAYLOAD = 64 * 1024 * 1024;
+/** Largest block status payload accepted: 2^20 extents (qemu-nbd sends at most 2^17). */
+const MAX_STATUS_PAYLOAD = 4 + 8 * (1 << 20);
+/** Largest error chunk: errno, message length, a 4096-byte message, an offset. */
+const MAX_ERROR_PAYLOAD = 4 + 2 + 4096 + 8;
+/** Largest option reply: strings on the wire are at most 4096 bytes. */
+const MAX_OPTION_REPLY = 64 * 1024;
+/** Data ranges the allocation map keeps before it is coarsened. */
+const MAX_DATA_RANGES = 1 << 20;
+/**
+ * BLOCK_STATUS requests allowed per window: a few, plus one per 64 KiB. A server answering in
+ * tiny pieces would otherwise take millions of round trips.
+ */
+const statusBudget = (bytes: number) => 64 + Math.ceil(bytes / (64 * 1024));
 /** Largest fallback zero-buffer write when the server lacks WRITE_ZEROES. */
 const ZERO_BUFFER = 4 * 1024 * 1024;
 
@@ -120,12 +158,12 @@ const ZERO_BUFFER = 4 * 1024 * 1024;
  * straight in their final buffer.
  */
 class ByteReader {
-  #conn: Deno.Conn;
+  #conn: NbdConnection;
   #buf = new Uint8Array(256 * 1024);
   #start = 0;
   #end = 0;
 
-  constructor(conn: Deno.Conn) {
+  constructor(conn: NbdConnection) {
     this.#conn = conn;
   }
 
@@ -192,10 +230,12 @@ interface Pending {
   length: number;
   /** READ: where the data goes. */
   buf?: Uint8Array;
-  /** READ: bytes filled by data and hole chunks. */
-  covered: number;
-  /** BLOCK_STATUS: extents of `base:allocation`. */
-  extents?: BlockDescriptor[];
+  /** READ: the bytes filled by data and hole chunks. */
+  coverage?: Coverage;
+  /** Structured chunks received so far. */
+  chunks: number;
+  /** BLOCK_STATUS: extents of `base:allocation`, merged, clipped to the request. */
+  extents?: Run[];
   /** The first error the server reported. */
   error?: { errno: number; message: string; offset?: number };
   resolve: () => void;
@@ -229,11 +269,11 @@ function reasonOf(err: unknown): string {
   if (err instanceof Deno.errors.ConnectionReset || err instanceof Deno.errors.BrokenPipe) {
     return `connection lost (${err.message})`;
   }
-  return err instanceof Error ? err.message : String(err);
+  return errorText(err);
 }
 
 /** Writes every byte (a socket write may take only part). */
-async function writeAll(conn: Deno.Conn, b: Uint8Array): Promise<void> {
+async function writeAll(conn: NbdConnection, b: Uint8Array): Promise<void> {
   let at = 0;
   while (at < b.length) at += await conn.write(b.subarray(at));
 }
@@ -259,6 +299,21 @@ function deadline<T>(
   return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
 }
 
+/** The options with their defaults filled in. */
+function withDefaults(options: NbdOptions): Required<Omit<NbdOptions, "exportName">> {
+  return {
+    writable: options.writable ?? false,
+    connectTimeoutMs: options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT,
+    requestTimeoutMs: options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT,
+    maxInFlight: Math.max(1, options.maxInFlight ?? DEFAULT_IN_FLIGHT),
+    noHole: options.noHole ?? false,
+    blockStatusRange: options.blockStatusRange ?? GiB,
+    writeBehind: options.writeBehind ?? true,
+    negotiation: options.negotiation ?? "full",
+    writeZeroes: options.writeZeroes ?? true,
+  };
+}
+
 /**
  * An NBD export as a {@linkcode Disk}.
  *
@@ -275,20 +330,22 @@ function deadline<T>(
 export class NbdDisk implements Disk {
   /** The URI, as given (or rebuilt when the export name was overridden). */
   readonly name: string;
-  /** Where the export lives. */
-  readonly target: NbdTarget;
+  /** Where the export lives (undefined for a connection handed to {@linkcode NbdDisk.attach}). */
+  readonly target?: NbdTarget;
   /** What the handshake learnt. */
   readonly info: NbdExportInfo;
   /** An NBD export is never assumed to read as zero: the user says so with `-prezeroed`. */
   readonly knownZero = false;
 
-  readonly #conn: Deno.Conn;
+  readonly #conn: NbdConnection;
   readonly #reader: ByteReader;
   readonly #options: Required<Omit<NbdOptions, "exportName">>;
   readonly #pending = new Map<number, Pending>();
   #nextCookie = 1;
   #writeChain: Promise<void> = Promise.resolve();
   #failure?: string;
+  /** A protocol error seen while no request was in flight; close() reports it. */
+  #late?: string;
   #closed = false;
   #closing?: Promise<void>;
   #readerDone: Promise<void>;
@@ -303,8 +360,8 @@ export class NbdDisk implements Disk {
 
   private constructor(
     name: string,
-    target: NbdTarget,
-    conn: Deno.Conn,
+    target: NbdTarget | undefined,
+    conn: NbdConnection,
     reader: ByteReader,
     info: NbdExportInfo,
     options: Required<Omit<NbdOptions, "exportName">>,
@@ -335,15 +392,7 @@ export class NbdDisk implements Disk {
       target = { ...target, exportName: options.exportName };
       name = formatNbdUri(target);
     }
-    const opts: Required<Omit<NbdOptions, "exportName">> = {
-      writable: options.writable ?? false,
-      connectTimeoutMs: options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT,
-      requestTimeoutMs: options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT,
-      maxInFlight: Math.max(1, options.maxInFlight ?? DEFAULT_IN_FLIGHT),
-      noHole: options.noHole ?? false,
-      blockStatusRange: options.blockStatusRange ?? GiB,
-      writeBehind: options.writeBehind ?? true,
-    };
+    const opts = withDefaults(options);
     let conn: Deno.Conn | undefined;
     let timedOut = false;
     const setup = async (): Promise<[Deno.Conn, ByteReader, NbdExportInfo]> => {
@@ -357,7 +406,7 @@ export class NbdDisk implements Disk {
       conn = c;
       if ("setNoDelay" in c) (c as Deno.TcpConn).setNoDelay(true);
       const reader = new ByteReader(c);
-      const info = await handshake(c, reader, target.exportName);
+      const info = await handshake(c, reader, target.exportName, opts.negotiation);
       return [c, reader, info];
     };
     try {
@@ -387,6 +436,40 @@ export class NbdDisk implements Disk {
     }
   }
 
+  /**
+   * Negotiates over a connection that is already open (an HTTP connection upgraded to NBD) and
+   * returns the disk; `name` is what messages call it. Handshake failures are `DiskError`s of
+   * op `open`; the connection is closed on failure.
+   */
+  static async attach(
+    conn: NbdConnection,
+    name: string,
+    options: NbdOptions = {},
+  ): Promise<NbdDisk> {
+    const opts = withDefaults(options);
+    try {
+      const reader = new ByteReader(conn);
+      const info = await deadline(
+        handshake(conn, reader, options.exportName ?? "", opts.negotiation),
+        opts.connectTimeoutMs,
+        `no answer within ${opts.connectTimeoutMs / 1000} s during the NBD handshake`,
+        () => conn.close(),
+      );
+      if (opts.writable && info.transmissionFlags & TransmissionFlag.ReadOnly) {
+        throw new Error("the export is read-only");
+      }
+      return new NbdDisk(name, undefined, conn, reader, info, opts);
+    } catch (e) {
+      try {
+        conn.close();
+      } catch { /* already closed */ }
+      const reason = e instanceof ConnectionClosed
+        ? "the server closed the connection during the NBD handshake"
+        : reasonOf(e);
+      throw nbdError(name, "open", undefined, reason, e);
+    }
+  }
+
   /** Export size in bytes. */
   get size(): number {
     return this.info.size;
@@ -394,7 +477,8 @@ export class NbdDisk implements Disk {
 
   /** True when the server implements `NBD_CMD_WRITE_ZEROES`. */
   get canWriteZeroes(): boolean {
-    return (this.info.transmissionFlags & TransmissionFlag.SendWriteZeroes) !== 0;
+    return this.#options.writeZeroes &&
+      (this.info.transmissionFlags & TransmissionFlag.SendWriteZeroes) !== 0;
   }
 
   // ------------------------------------------------------------------------------------------
@@ -433,7 +517,17 @@ export class NbdDisk implements Disk {
     const cookie = this.#nextCookie++;
     let pending!: Pending;
     const replied = new Promise<void>((resolve, reject) => {
-      pending = { cookie, type, offset, length, covered: 0, buf: opts.buf, resolve, reject };
+      pending = {
+        cookie,
+        type,
+        offset,
+        length,
+        chunks: 0,
+        coverage: type === Cmd.Read ? new Coverage(offset, offset + length) : undefined,
+        buf: opts.buf,
+        resolve,
+        reject,
+      };
     });
     this.#pending.set(cookie, pending);
     const settled = replied.then(() => {}, () => {});
@@ -561,9 +655,10 @@ export class NbdDisk implements Disk {
       const e = p.error;
       const reason = `server error ${errnoText(e.errno)}${e.message ? `: ${e.message}` : ""}`;
       p.reject(nbdError(this.name, op, e.offset ?? p.offset, reason));
-    } else if (p.type === Cmd.Read && p.covered !== p.length) {
-      const reason =
-        `protocol error: the server answered ${p.covered} of ${p.length} bytes at offset ${p.offset}`;
+    } else if (p.type === Cmd.Read && !p.coverage!.complete) {
+      const reason = `protocol error: the server answered ${
+        p.coverage!.bytes
+      } of ${p.length} bytes at offset ${p.offset}`;
       p.reject(nbdError(this.name, op, p.offset, reason));
       this.#fail(reason);
     } else {
@@ -586,13 +681,21 @@ export class NbdDisk implements Disk {
         }
         const h = decodeReplyHeader(header);
         const p = this.#pending.get(h.cookie);
-        if (!p) throw new NbdProtocolError(`reply for unknown cookie ${h.cookie}`);
+        if (!p) {
+          throw new NbdProtocolError(
+            `reply for unknown cookie ${h.cookie} (no request with it is in flight)`,
+          );
+        }
         if (h.kind === "simple") {
-          if (h.error !== 0) {
+          if (p.chunks > 0) {
+            throw new NbdProtocolError(
+              `a simple reply to ${commandName(p.type)} after structured chunks`,
+            );
+          } else if (h.error !== 0) {
             p.error = { errno: h.error, message: "" };
           } else if (p.type === Cmd.Read) {
+            p.coverage!.add(p.offset, p.offset + p.length);
             await r.into(p.buf!);
-            p.covered = p.length;
           }
           this.#settle(p);
           continue;
@@ -601,76 +704,92 @@ export class NbdDisk implements Disk {
         if (h.flags & ReplyFlag.Done) this.#settle(p);
       }
     } catch (e) {
-      if (this.#closed && this.#pending.size === 0) return;
-      const reason = e instanceof NbdProtocolError
+      const protocol = e instanceof NbdProtocolError;
+      if (this.#closed && this.#pending.size === 0 && !protocol) return;
+      const reason = protocol
         ? `protocol error: ${e.message}`
         : e instanceof Deno.errors.BadResource || e instanceof Deno.errors.Interrupted
         ? (this.#failure ?? "the connection was closed")
         : reasonOf(e);
+      // A broken reply with nothing in flight (a stray or repeated reply) still condemns the
+      // connection: later requests fail with it, and so does close().
+      if (protocol && this.#pending.size === 0) this.#late ??= reason;
       this.#fail(reason);
     }
   }
 
-  /** Consumes the payload of one structured chunk into its request. */
+  /**
+   * Consumes the payload of one structured chunk into its request. Every field is checked
+   * before anything lands in the caller's buffer: chunks must lie inside the request, must not
+   * overlap, and must be of a type the request can have.
+   */
   async #chunk(p: Pending, type: number, length: number): Promise<void> {
     const r = this.#reader;
-    const inRange = (offset: number, n: number): void => {
-      if (offset < p.offset || offset + n > p.offset + p.length) {
-        throw new NbdProtocolError(
-          `chunk [${offset}, ${offset + n}) outside the request [${p.offset}, ${
-            p.offset + p.length
-          })`,
-        );
-      }
-    };
-    // Payloads other than data are small; a huge length is a broken server, not a reason to
-    // allocate gigabytes.
-    if (type !== ChunkType.OffsetData && length > MAX_META_PAYLOAD) {
-      throw new NbdProtocolError(`chunk of type ${type} with a ${length}-byte payload`);
+    const end = p.offset + p.length;
+    if (++p.chunks > 1024 + p.length / 512) {
+      throw new NbdProtocolError(
+        `more than ${p.chunks - 1} chunks for ${p.length} bytes of ${commandName(p.type)}`,
+      );
     }
     switch (type) {
       case ChunkType.None:
         if (length !== 0) throw new NbdProtocolError("NBD_REPLY_TYPE_NONE with a payload");
         return;
       case ChunkType.OffsetData: {
-        if (p.type !== Cmd.Read || length < 8) {
+        if (p.type !== Cmd.Read) {
           throw new NbdProtocolError(`unexpected data chunk for ${commandName(p.type)}`);
         }
+        if (length <= 8) throw new NbdProtocolError("an empty NBD_REPLY_TYPE_OFFSET_DATA");
         const offset = decodeDataOffset(await r.exact(8));
         const n = length - 8;
-        inRange(offset, n);
+        p.coverage!.add(offset, offset + n);
         await r.into(p.buf!.subarray(offset - p.offset, offset - p.offset + n));
-        p.covered += n;
         return;
       }
       case ChunkType.OffsetHole: {
         if (p.type !== Cmd.Read) {
           throw new NbdProtocolError(`unexpected hole chunk for ${commandName(p.type)}`);
         }
+        if (length !== 12) {
+          throw new NbdProtocolError("NBD_REPLY_TYPE_OFFSET_HOLE has a bad length");
+        }
         const hole = decodeOffsetHole(await r.exact(length));
-        inRange(hole.offset, hole.length);
+        p.coverage!.add(hole.offset, hole.offset + hole.length);
         p.buf!.fill(0, hole.offset - p.offset, hole.offset - p.offset + hole.length);
-        p.covered += hole.length;
         return;
       }
       case ChunkType.BlockStatus: {
         if (p.type !== Cmd.BlockStatus) {
           throw new NbdProtocolError(`unexpected block status for ${commandName(p.type)}`);
         }
-        const status = decodeBlockStatus(await r.exact(length));
-        if (status.contextId === this.info.allocationContext) {
-          (p.extents ??= []).push(...status.descriptors);
+        if (length > MAX_STATUS_PAYLOAD) {
+          throw new NbdProtocolError(`a block status chunk of ${length} bytes`);
         }
+        const payload = await r.exact(length);
+        if (length < 4) throw new NbdProtocolError("NBD_REPLY_TYPE_BLOCK_STATUS has a bad length");
+        const context = new DataView(payload.buffer, payload.byteOffset, 4).getUint32(0);
+        if (context !== this.info.allocationContext) return;
+        if (p.extents) {
+          throw new NbdProtocolError("two block status chunks for base:allocation in one reply");
+        }
+        p.extents = [];
+        appendExtents(payload, p.offset, end, this.size, p.extents);
         return;
       }
       default: {
         if (!isErrorChunk(type)) {
-          // Unknown informational chunks are skipped: they cannot change the outcome.
-          await r.skip(length);
-          return;
+          // No extension that adds chunk types was negotiated.
+          throw new NbdProtocolError(`unknown chunk type ${type}`);
+        }
+        if (length > MAX_ERROR_PAYLOAD) {
+          throw new NbdProtocolError(`an error chunk of ${length} bytes`);
         }
         const e = decodeErrorChunk(await r.exact(length), type);
-        if (e.offset !== undefined) inRange(e.offset, 0);
+        if (e.offset !== undefined && !(e.offset >= p.offset && e.offset < Math.max(end, 1))) {
+          throw new NbdProtocolError(
+            `error at offset ${e.offset} outside the request [${p.offset}, ${end})`,
+          );
+        }
         p.error ??= { errno: e.error, message: e.message, offset: e.offset };
         return;
       }
@@ -707,9 +826,10 @@ export class NbdDisk implements Disk {
   }
 
   /**
-   * Runs `fn` over `[offset, offset + length)` in pieces of at most `max`, all in flight at once
-   * (the slot limit keeps the connection busy without flooding it). When pieces fail, the one at
-   * the lowest offset is reported, after every piece has settled so no buffer is touched later.
+   * Runs `fn` over `[offset, offset + length)` in pieces of at most `max`, as many in flight as
+   * the connection allows (pieces are started as earlier ones finish, so memory does not grow
+   * with their number). When pieces fail, the one at the lowest offset is reported, after every
+   * started piece has settled so no buffer is touched later.
    */
   async #split(
     offset: number,
@@ -721,12 +841,24 @@ export class NbdDisk implements Disk {
       await fn(offset, length);
       return;
     }
-    const parts: Promise<unknown>[] = [];
-    for (let at = offset; at < offset + length; at += max) {
-      parts.push(fn(at, Math.min(max, offset + length - at)));
-    }
-    const results = await Promise.allSettled(parts);
-    for (const r of results) if (r.status === "rejected") throw r.reason;
+    const end = offset + length;
+    let next = offset;
+    let failedAt = Infinity;
+    let failure: unknown;
+    const lane = async () => {
+      while (next < end && failedAt === Infinity) {
+        const at = next;
+        next = Math.min(end, at + max);
+        try {
+          await fn(at, next - at);
+        } catch (error) {
+          if (at < failedAt) [failedAt, failure] = [at, error];
+        }
+      }
+    };
+    const lanes = Math.min(this.#options.maxInFlight, Math.ceil(length / max));
+    await Promise.all(Array.from({ length: lanes }, lane));
+    if (failedAt !== Infinity) throw failure;
   }
 
   /** Reads `buf.length` bytes at `offset`. */
@@ -825,38 +957,57 @@ export class NbdDisk implements Disk {
     const step = this.#maxLength < this.#options.blockStatusRange
       ? this.#maxLength
       : this.#options.blockStatusRange;
-    const data: { start: number; length: number }[] = [];
+    const count = Math.ceil(size / step);
+    // Each window keeps its share of the map; a server answering in tiny pieces gets its map
+    // coarsened (which only means reading more) and a bounded number of requests.
+    const share = Math.max(64, Math.floor(MAX_DATA_RANGES / Math.max(1, count)));
+    const perWindow: DataRange[][] = [];
     const windows: Promise<void>[] = [];
-    for (let start = 0; start < size; start += step) {
+    for (let i = 0; i < count; i++) {
+      const start = i * step;
       const end = Math.min(size, start + step);
       windows.push((async () => {
+        let data: DataRange[] = [];
+        const budget = statusBudget(end - start);
+        let requests = 0;
         let at = start;
         while (at < end) {
+          if (++requests > budget) {
+            throw nbdError(
+              this.name,
+              "allocation",
+              at,
+              `protocol error: block status in pieces too small: ${budget} requests covered only ${
+                at - start
+              } of ${end - start} bytes`,
+            );
+          }
           const p = await this.#request(Cmd.BlockStatus, 0, at, end - at);
-          const extents = p.extents ?? [];
-          if (extents.length === 0) {
+          if (!p.extents || p.extents.length === 0) {
             throw nbdError(this.name, "allocation", at, "the server returned no extents");
           }
-          for (const d of extents) {
-            if (d.length === 0) {
-              throw nbdError(this.name, "allocation", at, "the server returned an empty extent");
+          for (const run of p.extents) {
+            if (run.data) {
+              const last = data[data.length - 1];
+              if (last && last.start + last.length === at) last.length += run.length;
+              else data.push({ start: at, length: run.length });
             }
-            const n = Math.min(d.length, end - at);
-            if (!(d.flags & (StateFlag.Hole | StateFlag.Zero))) data.push({ start: at, length: n });
-            at += n;
-            if (at >= end) break;
+            at += run.length;
           }
+          if (data.length > 2 * share) data = coarsen(data, share);
         }
+        perWindow[i] = coarsen(data, share);
       })());
     }
     const results = await Promise.allSettled(windows);
     for (const r of results) if (r.status === "rejected") throw r.reason;
-    return ExtentSet.of(data);
+    return ExtentSet.of(perWindow.flat());
   }
 
   /**
    * Waits (briefly) for requests in flight, sends `NBD_CMD_DISC` and closes the socket.
-   * Idempotent.
+   * Idempotent. Rejects when the server broke the protocol after its last answer (a reply to
+   * nothing in flight): the copy must not count as clean.
    */
   close(): Promise<void> {
     this.#closing ??= this.#close();
@@ -888,6 +1039,9 @@ export class NbdDisk implements Disk {
       this.#conn.close();
     } catch { /* already closed */ }
     await this.#readerDone;
+    if (this.#late !== undefined) {
+      throw nbdError(this.name, this.#options.writable ? "write" : "read", undefined, this.#late);
+    }
   }
 }
 
@@ -900,7 +1054,9 @@ async function readOptionReply(
   option: number,
 ): Promise<{ type: number; payload: Uint8Array }> {
   const h = decodeOptionReplyHeader(await r.exact(OPTION_REPLY_HEADER_SIZE), option);
-  if (h.length > 64 * 1024 * 1024) throw new NbdProtocolError("option reply too large");
+  if (h.length > MAX_OPTION_REPLY) {
+    throw new NbdProtocolError(`a ${h.length}-byte reply to ${optionName(option)}`);
+  }
   const payload = (await r.exact(h.length)).slice();
   return { type: h.type, payload };
 }
@@ -911,13 +1067,40 @@ async function readOptionReply(
  * that does not know `NBD_OPT_GO`.
  */
 async function handshake(
-  conn: Deno.Conn,
+  conn: NbdConnection,
   r: ByteReader,
   exportName: string,
+  negotiation: "full" | "export-name" = "full",
 ): Promise<NbdExportInfo> {
-  const { handshakeFlags } = decodeGreeting(await r.exact(GREETING_SIZE));
+  const first = (await r.exact(16)).slice();
+  if (isOldstyleGreeting(first)) {
+    // Only behind xapi's proxy (as xapi's client does); an nbd:// URI names a newstyle server.
+    if (negotiation !== "export-name") {
+      throw new NbdProtocolError("oldstyle NBD negotiation is not supported");
+    }
+    // No negotiation: size and flags follow, then transmission (simple replies only).
+    const greeting = new Uint8Array(OLDSTYLE_GREETING_SIZE);
+    greeting.set(first);
+    greeting.set(await r.exact(OLDSTYLE_GREETING_SIZE - 16), 16);
+    const old = decodeOldstyleGreeting(greeting);
+    return {
+      size: old.size,
+      transmissionFlags: old.transmissionFlags & TransmissionFlag.HasFlags
+        ? old.transmissionFlags
+        : 0,
+      structuredReplies: false,
+      minimumBlock: 1,
+      preferredBlock: 4096,
+      maximumBlock: DEFAULT_MAX_BLOCK,
+    };
+  }
+  const greeting = new Uint8Array(GREETING_SIZE);
+  greeting.set(first);
+  greeting.set(await r.exact(GREETING_SIZE - 16), 16);
+  const { handshakeFlags } = decodeGreeting(greeting);
   const clientFlags = clientFlagsFor(handshakeFlags);
   await writeAll(conn, encodeClientFlags(clientFlags));
+  if (negotiation === "export-name") return await enterByName(conn, r, exportName, clientFlags);
 
   await writeAll(conn, encodeOption(Opt.StructuredReply));
   const sr = await readOptionReply(r, Opt.StructuredReply);
@@ -964,18 +1147,12 @@ async function handshake(
     }
     if (g.type === RepErr.Unsup) {
       // An old server: the export name option enters transmission without any information.
-      await writeAll(conn, encodeOption(Opt.ExportName, new TextEncoder().encode(exportName)));
-      const reply = decodeExportNameReply(
-        await r.exact(clientFlags & ClientFlag.NoZeroes ? 10 : 134),
-      );
+      const info = await enterByName(conn, r, exportName, clientFlags);
       return {
-        size: reply.size,
-        transmissionFlags: reply.transmissionFlags,
+        ...info,
+        transmissionFlags: info.transmissionFlags,
         structuredReplies,
         allocationContext,
-        minimumBlock: 1,
-        preferredBlock: 4096,
-        maximumBlock: DEFAULT_MAX_BLOCK,
       };
     }
     if (isOptionError(g.type)) {
@@ -989,18 +1166,46 @@ async function handshake(
   }
   if (size === undefined) throw new NbdProtocolError("the server sent no NBD_INFO_EXPORT");
   if (!(transmissionFlags & TransmissionFlag.HasFlags)) transmissionFlags = 0;
-  const minimumBlock = block?.minimum ?? 1;
-  const maximumBlock = Math.max(minimumBlock, block?.maximum ?? DEFAULT_MAX_BLOCK);
-  if (minimumBlock & (minimumBlock - 1) || minimumBlock > 65536) {
-    throw new NbdProtocolError(`unusable minimum block size ${minimumBlock}`);
-  }
+  const limits = blockLimits(block, size);
   return {
     size,
     transmissionFlags,
     structuredReplies,
     allocationContext: structuredReplies ? allocationContext : undefined,
-    minimumBlock,
-    preferredBlock: block?.preferred ?? 4096,
-    maximumBlock,
+    minimumBlock: limits.minimum,
+    preferredBlock: limits.preferred,
+    maximumBlock: limits.maximum,
+  };
+}
+
+/**
+ * `NBD_OPT_EXPORT_NAME`: enters transmission at once; a server that does not know the export
+ * closes the connection instead of answering.
+ */
+async function enterByName(
+  conn: NbdConnection,
+  r: ByteReader,
+  exportName: string,
+  clientFlags: number,
+): Promise<NbdExportInfo> {
+  await writeAll(conn, encodeOption(Opt.ExportName, new TextEncoder().encode(exportName)));
+  let reply;
+  try {
+    reply = decodeExportNameReply(await r.exact(clientFlags & ClientFlag.NoZeroes ? 10 : 134));
+  } catch (e) {
+    if (e instanceof ConnectionClosed) {
+      throw new Error(
+        `the server closed the connection after NBD_OPT_EXPORT_NAME "${exportName}" (no such export?)`,
+      );
+    }
+    throw e;
+  }
+  return {
+    size: reply.size,
+    transmissionFlags: reply.transmissionFlags,
+    structuredReplies: false,
+    minimumBlock: 1,
+    preferredBlock: 4096,
+    maximumBlock: DEFAULT_MAX_BLOCK,
   };
 }
