@@ -104,6 +104,7 @@ const OP_WORDS: Record<DiskOp, string> = {
   write: "write",
   zero: "zero",
   flush: "flush",
+  close: "close",
   stat: "stat",
   allocation: "get the allocation of",
 };
