@@ -181,8 +181,6 @@ export async function runCopy(
     }
     try {
       await dst.flush();
-      // Closing a written file may report what flushing did not (NFS): before success.
-      await dst.close();
     } catch (err) {
       throw tag(err, "destination");
     }
