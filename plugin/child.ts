@@ -16,6 +16,7 @@
  * @module
  */
 
+import { formatByName } from "../src/endpoint/endpoint.ts";
 import type { CopyRequest } from "./validate.ts";
 import { RecordDecoder } from "../src/cli/progress.ts";
 
@@ -44,14 +45,19 @@ export function selfCommand(): string[] {
  * ```ts
  * import { copyArgv } from "./child.ts";
  * copyArgv({ src: "/a", dest: "/b", size: 512, prezeroed: true }, "/run/s.json");
- * // ["-machine", "-src", "/a", "-dest", "/b", "-size", "512", "-prezeroed", "-stats-file", "/run/s.json"]
+ * // ["-machine", "-src", "/a", "-src-format", "raw", "-dest", "/b", "-size", "512", "-prezeroed",
+ * //  "-stats-file", "/run/s.json"]
  * ```
  */
 export function copyArgv(req: CopyRequest, statsFile: string): string[] {
-  const argv = ["-machine", "-src", req.src, "-dest", req.dest];
+  // The format is always explicit (vhd only for a name ending in .vhd): never left to content.
+  const argv = ["-machine", "-src", req.src, "-src-format", formatByName(req.src, "auto")];
+  argv.push("-dest", req.dest);
   if (req.size !== undefined) argv.push("-size", String(req.size));
   if (req.prezeroed) argv.push("-prezeroed");
-  if (req.base !== undefined) argv.push("-base", req.base);
+  if (req.base !== undefined) {
+    argv.push("-base", req.base, "-base-format", formatByName(req.base, "auto"));
+  }
   if (req.destProto !== undefined) argv.push("-dest-proto", req.destProto);
   if (req.nbdExport !== undefined) argv.push("-nbd-export", req.nbdExport);
   argv.push("-stats-file", statsFile);

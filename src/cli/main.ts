@@ -59,7 +59,18 @@ export async function main(argv: string[], entry: Entry = {}): Promise<number> {
   try {
     const report = await runCopy(o, abort.signal, entry);
     const json = JSON.stringify(report);
-    if (o.statsFile) await Deno.writeTextFile(o.statsFile, json + "\n");
+    if (o.statsFile) {
+      try {
+        await Deno.writeTextFile(o.statsFile, json + "\n");
+      } catch (err) {
+        // Not a source error: the copy is done; only the stats are missing.
+        note(
+          `the copy to ${o.dest} is complete, but the stats file ${o.statsFile} cannot be ` +
+            `written: ${messageOf(err)}`,
+        );
+        return ExitCode.Usage;
+      }
+    }
     if (o.json) writeAllSync(o.machine ? Deno.stderr : Deno.stdout, json + "\n");
     else if (!o.machine) writeAllSync(Deno.stdout, summary(report));
     return ExitCode.Ok;

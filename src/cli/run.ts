@@ -9,7 +9,13 @@ import { resolveAllocation, resolveBase } from "../endpoint/allocation.ts";
 import { ExitCode, messageOf, SparseDdError } from "../core/errors.ts";
 import { copy } from "../copy/copier.ts";
 import type { Disk } from "../core/disk.ts";
-import { openDestination, openSource } from "../endpoint/open.ts";
+import {
+  checkDistinct,
+  checkStatsFile,
+  type Endpoint,
+  resolveEndpoint,
+} from "../endpoint/endpoint.ts";
+import { openDestination, type OpenedSource, openSource } from "../endpoint/open.ts";
 import { type LaneGroup, startLanes } from "../copy/threads.ts";
 import { FileDisk } from "../file/file_disk.ts";
 import { isNbdUri } from "../nbd/protocol.ts";
@@ -71,7 +77,6 @@ export async function runCopy(
     unbuffered: o.unbuffered,
     nbdExport: o.nbdExport,
     nbdTimeoutMs: o.nbdTimeoutMs,
-    srcFormat: o.vhd.srcFormat,
     vhdBackend: o.vhd.backend,
     remote: await remoteOpenOptions(o),
   };
@@ -79,41 +84,43 @@ export async function runCopy(
   if (o.nbdExport !== undefined && !isNbdUri(o.dest) && !remote) {
     note(`note: -nbd-export ${o.nbdExport} ignored: the destination is not an NBD URI`);
   }
-  let src: Disk | undefined;
+  // Each operand is resolved once (stat, format); everything below uses these descriptions.
+  const sysfsRoot = o.discovery.sysfsRoot;
+  const srcEnd = await resolveEndpoint(o.src, "source", { format: o.vhd.srcFormat, sysfsRoot });
+  const baseSpec = o.base ?? o.vhd.baseVhd;
+  const baseEnd = baseSpec === undefined ? undefined : await resolveEndpoint(baseSpec, "base", {
+    // -base-vhd alone names the base's VHD itself.
+    format: o.base === undefined ? "vhd" : o.vhd.baseFormat,
+    sysfsRoot,
+  });
+  const destEnd = await resolveEndpoint(o.dest, "destination", { sysfsRoot });
+  const checkOperands = async () => {
+    checkDistinct(srcEnd, destEnd, baseEnd);
+    if (o.statsFile !== undefined) {
+      await checkStatsFile(o.statsFile, [srcEnd, destEnd, ...baseEnd ? [baseEnd] : []]);
+    }
+  };
+  // Refused before anything is opened (and again below, once the VHD chains are known).
+  await checkOperands();
+  let src: OpenedSource | undefined;
   let dst: Disk | undefined;
   let lanes: LaneGroup | undefined;
   try {
-    // Other threads open the disks by name themselves, so only local disks are shared (an NBD
-    // server may not take more connections).
-    const threads = o.threads ?? (await isBlockDevice(o.dest) ? DEVICE_THREADS : 1);
-    if (
-      entry.laneWorker && threads > 1 && !isNbdUri(o.src) && !isNbdUri(o.dest) && !remote
-    ) {
-      lanes = startLanes({
-        worker: entry.laneWorker,
-        count: threads - 1,
-        segment: LANE_SEGMENT,
-        job: {
-          src: o.src,
-          dest: o.dest,
-          open: openOpts,
-          copy: { quantum: o.quantum },
-        },
-      });
-    }
-    src = await openSource(o.src, openOpts).catch((err) => {
+    src = await openSource(srcEnd, openOpts).catch((err) => {
       throw tag(err, "source");
     });
     // xapi's storage migration passes the remote VDI's size, which may exceed the source's.
-    const size = remote ? Math.min(o.size ?? src.size, src.size) : o.size ?? src.size;
-    if (size > src.size) {
+    const size = remote
+      ? Math.min(o.size ?? src.disk.size, src.disk.size)
+      : o.size ?? src.disk.size;
+    if (size > src.disk.size) {
       throw new SparseDdError(
         ExitCode.Usage,
-        `-size ${size} is larger than the source ${o.src} (${src.size} bytes)`,
+        `-size ${size} is larger than the source ${o.src} (${src.disk.size} bytes)`,
       );
     }
     // Notes wait until the destination is accepted, so a refused copy prints one line only.
-    const alloc = await resolveAllocation(o.src, src, {
+    const alloc = await resolveAllocation(srcEnd, src.disk, {
       ignore: o.ignoreAllocation,
       discovery: o.discovery,
       srcVhd: o.vhd.srcVhd,
@@ -121,9 +128,8 @@ export async function runCopy(
     });
     const notes = [...alloc.notes];
     let unchanged;
-    const base = o.base ?? o.vhd.baseVhd;
-    if (base) {
-      const b = await resolveBase(base, o.src, src, {
+    if (baseEnd) {
+      const b = await resolveBase(baseEnd, srcEnd, src, {
         baseVhd: o.vhd.baseVhd,
         srcVhd: o.vhd.srcVhd ?? alloc.discovery?.vhd ?? undefined,
         size,
@@ -133,7 +139,9 @@ export async function runCopy(
       notes.push(...b.notes);
       unchanged = b.unchanged;
     }
-    dst = await openDestination(o.dest, size, openOpts).catch((err) => {
+    // Every file of every VHD chain is known now: none of them may be the destination.
+    await checkOperands();
+    dst = await openDestination(destEnd, size, openOpts).catch((err) => {
       throw tag(err, "destination");
     });
     if (dst.size < size) {
@@ -145,24 +153,38 @@ export async function runCopy(
     // With -base the destination holds the base's data, usable or not: never zero. Unless it
     // was just created (or empty): then it holds nothing of the base, and only a full copy onto
     // its zeroes is right.
-    let holdsBase = base !== undefined;
+    let holdsBase = baseEnd !== undefined;
     if (holdsBase && dst.knownZero === true) {
       if (unchanged !== undefined) {
         notes.push(
-          `warning: ${o.dest} is new or empty, so it does not hold -base ${base}: doing a full copy`,
+          `warning: ${o.dest} is new or empty, so it does not hold -base ${
+            o.base ?? o.vhd.baseVhd
+          }: doing a full copy`,
         );
       }
       holdsBase = false;
       unchanged = undefined;
     }
     for (const n of notes) note(n);
+    // Other threads open the disks from their descriptions themselves, so only local disks are
+    // shared (an NBD server may not take more connections).
+    const threads = o.threads ?? (destEnd.kind === "block" ? DEVICE_THREADS : 1);
+    const local = (e: Endpoint) => e.kind !== "nbd" && e.kind !== "http";
+    if (entry.laneWorker && threads > 1 && local(srcEnd) && local(destEnd)) {
+      lanes = startLanes({
+        worker: entry.laneWorker,
+        count: threads - 1,
+        segment: LANE_SEGMENT,
+        job: { src: srcEnd, dest: destEnd, open: openOpts, copy: { quantum: o.quantum } },
+      });
+    }
     const prezeroed = !holdsBase && (o.prezeroed || dst.knownZero === true);
     const reporter: ProgressReporter = machine
       ? new MachineProgress()
       : (o.progress === "bar" || (o.progress === "auto" && Deno.stderr.isTerminal()))
       ? new HumanProgress()
       : new NoProgress();
-    const stats = await copy(src, dst, {
+    const stats = await copy(src.disk, dst, {
       size,
       allocation: alloc.extents,
       prezeroed,
@@ -173,9 +195,9 @@ export async function runCopy(
       lanes,
       onProgress: (done, total) => reporter.update(done, total),
     });
-    if (src instanceof FileDisk) {
+    if (src.disk instanceof FileDisk) {
       // A file cut short where the copy read nothing (a hole) fails no read: it is still no copy.
-      await src.assertSize(size).catch((err) => {
+      await src.disk.assertSize(size).catch((err) => {
         throw tag(err, "source");
       });
     }
@@ -186,7 +208,7 @@ export async function runCopy(
     }
     // A disk can still fail after its last request (an NBD server's stray reply): its close
     // reports that, and a copy over a broken connection is no clean copy.
-    await src.close().catch((err) => {
+    await src.disk.close().catch((err) => {
       throw tag(err, "source");
     });
     await dst.close().catch((err) => {
@@ -206,17 +228,8 @@ export async function runCopy(
     return report;
   } finally {
     lanes?.close();
-    await src?.close().catch(() => {});
+    await src?.disk.close().catch(() => {});
     await dst?.close().catch(() => {});
-  }
-}
-
-/** True when `path` is a block device; false for anything else, or when it cannot be told. */
-async function isBlockDevice(path: string): Promise<boolean> {
-  try {
-    return (await Deno.stat(path)).isBlockDevice === true;
-  } catch {
-    return false;
   }
 }
 

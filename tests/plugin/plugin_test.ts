@@ -506,6 +506,26 @@ Deno.test("the state directory is cleaned up: old finished operations, dead work
   });
 });
 
+Deno.test("a result the worker wrote just before exiting is never replaced by 'worker exited'", async () => {
+  await withTempDir(async (dir) => {
+    const store = new OpStore(`${dir}/state`);
+    await Deno.mkdir(`${dir}/state`, { mode: 0o700 });
+    const id = await store.create({ src: "/a", dest: "/b", prezeroed: false });
+    // What a status call read while the copy ran...
+    const seen = (await store.read(id))!;
+    seen.state = "running";
+    seen.pid = Deno.pid; // alive, but not a worker of this operation: as good as gone
+    await store.write(seen);
+    // ...then the worker recorded its outcome and exited.
+    const done = (await store.read(id))!;
+    done.state = "success";
+    done.finished = new Date().toISOString();
+    await store.write(done);
+    strictEqual((await store.reap(seen)).state, "success");
+    strictEqual((await store.read(id))?.state, "success");
+  });
+});
+
 // ---------------------------------------------------------------------------------------------
 // task_ref: progress through the XenAPI, against a Python xmlrpc.server on a unix socket.
 
