@@ -20,21 +20,30 @@ import { formatByName } from "../src/endpoint/endpoint.ts";
 import type { CopyRequest } from "./validate.ts";
 import { RecordDecoder } from "../src/cli/progress.ts";
 
+/** Deno's flags for running the program's entry module, as the installed launcher runs it. */
+export const RUN_FLAGS = ["run", "-A", "--quiet", "--no-config", "--no-lock"];
+
 /**
- * How to run this program again: the compiled binary itself, or `deno run -A` on the entry module
- * (main.ts, or the bundle the launcher runs).
+ * How to run this program again: the installed launcher (`SPARSE_DD_LAUNCHER`, which it sets), so
+ * an installed copy's children run as it does (named sparse_dd for xapi's stray-process check, no
+ * cache writes); else the compiled binary itself, or the runtime running the entry module
+ * (main.ts, or the bundle) with the launcher's flags.
  *
  * @example
  * ```ts
  * import { selfCommand } from "./child.ts";
- * selfCommand(); // ["/opt/xensource/libexec/sparse_dd"] in the compiled binary
+ * selfCommand(); // ["/opt/xensource/libexec/sparse_dd"] when run by the installed launcher
  * ```
  */
 export function selfCommand(): string[] {
+  // The installed launcher says where it is: there the executable is glibc's loader running
+  // deno, which `Deno.execPath()` cannot start again by itself.
+  const launcher = Deno.env.get("SPARSE_DD_LAUNCHER");
+  if (launcher?.startsWith("/")) return [launcher];
   if (Deno.build.standalone) return [Deno.execPath()];
   const main = new URL(Deno.mainModule);
-  if (main.protocol !== "file:") return [Deno.execPath(), "run", "-A", "--quiet", main.href];
-  return [Deno.execPath(), "run", "-A", "--quiet", "--no-lock", decodeURIComponent(main.pathname)];
+  const entry = main.protocol === "file:" ? decodeURIComponent(main.pathname) : main.href;
+  return [Deno.execPath(), ...RUN_FLAGS, entry];
 }
 
 /**

@@ -109,16 +109,12 @@ export async function runCopy(
     src = await openSource(srcEnd, openOpts).catch((err) => {
       throw tag(err, "source");
     });
-    // xapi's storage migration passes the remote VDI's size, which may exceed the source's.
-    const size = remote
-      ? Math.min(o.size ?? src.disk.size, src.disk.size)
-      : o.size ?? src.disk.size;
-    if (size > src.disk.size) {
-      throw new SparseDdError(
-        ExitCode.Usage,
-        `-size ${size} is larger than the source ${o.src} (${src.disk.size} bytes)`,
-      );
-    }
+    // xapi's storage migration passes the remote VDI's size, which may be rounded up past the
+    // source's: xapi's own sparse_dd then copies the source's size, and so does this one.
+    const size = Math.min(o.size ?? src.disk.size, src.disk.size);
+    const sizeNote = o.size !== undefined && o.size > src.disk.size
+      ? `-size ${o.size} is larger than the source ${o.src}: copying its ${src.disk.size} bytes`
+      : undefined;
     // Notes wait until the destination is accepted, so a refused copy prints one line only.
     const alloc = await resolveAllocation(srcEnd, src.disk, {
       ignore: o.ignoreAllocation,
@@ -126,7 +122,7 @@ export async function runCopy(
       srcVhd: o.vhd.srcVhd,
       vhdBackend: o.vhd.backend,
     });
-    const notes = [...alloc.notes];
+    const notes = [...(sizeNote ? [sizeNote] : []), ...alloc.notes];
     let unchanged;
     if (baseEnd) {
       const b = await resolveBase(baseEnd, srcEnd, src, {
