@@ -7,7 +7,7 @@
 import { ExitCode, exitCodeOf, messageOf } from "../core/errors.ts";
 import { CopyAborted } from "../copy/copier.ts";
 import { parse, type ParseResult, usage } from "./flags.ts";
-import { note, summary, writeAllSync } from "./output.ts";
+import { failureReport, note, summary, writeAllSync } from "./output.ts";
 import { type Entry, runCopy } from "./run.ts";
 import { VERSION } from "../version.ts";
 
@@ -39,9 +39,28 @@ export async function main(argv: string[], entry: Entry = {}): Promise<number> {
   const o = parsed.options;
   for (const n of parsed.configNotes) note(n);
 
+  // A failed copy's stats say how it failed, so a stats file never shows an older success.
+  const started = performance.now();
+  const fail = (code: number, message: string): number => {
+    note(message);
+    const json = JSON.stringify(
+      failureReport(o, code, message, (performance.now() - started) / 1000),
+    );
+    try {
+      if (o.statsFile) Deno.writeTextFileSync(o.statsFile, json + "\n");
+    } catch (err) {
+      note(`cannot write the stats file ${o.statsFile}: ${messageOf(err)}`);
+    }
+    // With -machine, stderr keeps its one error line: the JSON goes to the stats file only.
+    if (o.json && !o.machine) writeAllSync(Deno.stdout, json + "\n");
+    return code;
+  };
+
   // SIGTERM (xapi's cancel) and SIGINT stop the copy between two steps: no end record is sent.
   const abort = new AbortController();
   let stoppedBy: "SIGINT" | "SIGTERM" | undefined;
+  const signalCode = (sig: string | undefined) =>
+    sig === "SIGINT" ? ExitCode.Interrupted : ExitCode.Terminated;
   const handlers = (["SIGINT", "SIGTERM"] as const).map((sig) => {
     const h = () => {
       stoppedBy ??= sig;
@@ -49,8 +68,7 @@ export async function main(argv: string[], entry: Entry = {}): Promise<number> {
       // The copy stops between steps; anything else (discovery waiting on tap-ctl, a stalled
       // NBD request) must not keep xapi waiting: leave after a grace period regardless.
       setTimeout(() => {
-        note(`stopped by ${sig}; ${o.dest} is incomplete`);
-        Deno.exit(sig === "SIGINT" ? ExitCode.Interrupted : ExitCode.Terminated);
+        Deno.exit(fail(signalCode(sig), `stopped by ${sig}; ${o.dest} is incomplete`));
       }, 2000);
     };
     Deno.addSignalListener(sig, h);
@@ -59,18 +77,30 @@ export async function main(argv: string[], entry: Entry = {}): Promise<number> {
   try {
     const report = await runCopy(o, abort.signal, entry);
     const json = JSON.stringify(report);
-    if (o.statsFile) await Deno.writeTextFile(o.statsFile, json + "\n");
+    if (o.statsFile) {
+      try {
+        await Deno.writeTextFile(o.statsFile, json + "\n");
+      } catch (err) {
+        return fail(
+          ExitCode.Usage,
+          `the copy finished but the stats file ${o.statsFile} cannot be written: ${
+            messageOf(err)
+          }`,
+        );
+      }
+    }
     if (o.json) writeAllSync(o.machine ? Deno.stderr : Deno.stdout, json + "\n");
     else if (!o.machine) writeAllSync(Deno.stdout, summary(report));
     return ExitCode.Ok;
   } catch (err) {
     if (err instanceof CopyAborted || stoppedBy) {
       const at = err instanceof CopyAborted ? ` at offset ${err.offset}` : "";
-      note(`stopped by ${stoppedBy ?? "signal"}${at}; ${o.dest} is incomplete`);
-      return stoppedBy === "SIGINT" ? ExitCode.Interrupted : ExitCode.Terminated;
+      return fail(
+        signalCode(stoppedBy),
+        `stopped by ${stoppedBy ?? "signal"}${at}; ${o.dest} is incomplete`,
+      );
     }
-    note(messageOf(err));
-    return exitCodeOf(err);
+    return fail(exitCodeOf(err), messageOf(err));
   } finally {
     for (const [sig, h] of handlers) Deno.removeSignalListener(sig, h);
   }

@@ -14,7 +14,7 @@ import { type LaneGroup, startLanes } from "../copy/threads.ts";
 import { isNbdUri } from "../nbd/protocol.ts";
 import { HumanProgress, MachineProgress, NoProgress, type ProgressReporter } from "./progress.ts";
 import { DEVICE_THREADS, LANE_SEGMENT, type Options } from "./flags.ts";
-import { note, type Report } from "./output.ts";
+import { note, type Report, successReport } from "./output.ts";
 
 async function applyPriorities(o: Options): Promise<void> {
   const run = async (cmd: string, args: string[]) => {
@@ -77,6 +77,7 @@ export async function runCopy(
   let src: Disk | undefined;
   let dst: Disk | undefined;
   let lanes: LaneGroup | undefined;
+  let reporter: ProgressReporter | undefined;
   try {
     // Other threads open the disks by name themselves, so only local disks are shared (an NBD
     // server may not take more connections).
@@ -136,10 +137,10 @@ export async function runCopy(
     }
     for (const n of notes) note(n);
     const prezeroed = o.prezeroed || dst.knownZero === true;
-    const reporter: ProgressReporter = machine
+    reporter = machine
       ? new MachineProgress()
       : (o.progress === "bar" || (o.progress === "auto" && Deno.stderr.isTerminal()))
-      ? new HumanProgress()
+      ? new HumanProgress({ size, followResizes: true })
       : new NoProgress();
     const stats = await copy(src, dst, {
       size,
@@ -149,26 +150,27 @@ export async function runCopy(
       quantum: o.quantum,
       signal,
       lanes,
-      onProgress: (done, total) => reporter.update(done, total),
+      onProgress: (done, total) => reporter?.update(done, total),
     });
     try {
       await dst.flush();
     } catch (err) {
       throw tag(err, "destination");
     }
-    const report: Report = {
+    const report = successReport({
       src: o.src,
       dest: o.dest,
-      prezeroed,
       base: o.base ?? o.vhd.baseVhd ?? null,
+      prezeroed: o.prezeroed,
+      destinationKnownZero: prezeroed,
       allocation: alloc.route,
       allocatedExtents: alloc.extents?.count ?? null,
       discovery: alloc.discovery ?? null,
-      ...stats,
-    };
-    reporter.finish();
+    }, stats);
+    reporter?.finish();
     return report;
   } finally {
+    reporter?.close?.();
     lanes?.close();
     await src?.close().catch(() => {});
     await dst?.close().catch(() => {});
