@@ -271,14 +271,14 @@ function normalise(argv: string[]): string[] {
     }
     if (spec.kind === "string" && inline === undefined) {
       if (i + 1 >= argv.length) {
-        throw new SparseDdError(ExitCode.Usage, `option ${tok} needs a value (${spec.arg})`);
+        throw new SparseDdError(ExitCode.Usage, `option -${given} needs a value (${spec.arg})`);
       }
       if (isFlag(argv[i + 1])) {
         throw new SparseDdError(
           ExitCode.Usage,
-          `option ${tok} needs a value (${spec.arg}) but is followed by the option ${
+          `option -${given} needs a value (${spec.arg}) but is followed by the option ${
             argv[i + 1]
-          } (write ${tok}=VALUE for a value that starts with '-')`,
+          } (write -${given}=VALUE for a value that starts with '-')`,
         );
       }
       out.push(`--${name}=${argv[++i]}`);
@@ -357,6 +357,7 @@ export async function parse(argv: string[]): Promise<ParseResult> {
       allowPositionals: false,
     }));
   } catch (err) {
+    if (err instanceof SparseDdError) throw err;
     const code = (err as { code?: string }).code;
     const msg = err instanceof Error ? err.message : String(err);
     if (code === "ERR_PARSE_ARGS_UNKNOWN_OPTION") {
