@@ -163,7 +163,9 @@ function whatWasRead(r: Report): string {
     case "raw-seek-data":
       return `the data of the raw image behind the device${extents}`;
     case "seek-data":
-      return `the file's data${extents}; its holes were not read`;
+      return `the file's data${extents}${
+        r.allocatedBytes < r.size ? "; its holes were not read" : ""
+      }`;
     case "nbd-block-status":
       return `what the NBD server reports as data${extents}`;
     case "none":

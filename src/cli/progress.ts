@@ -163,7 +163,9 @@ export function formatBar(st: BarState): string {
   const known = st.rate !== undefined && st.rate > 0;
   const rate = known ? `${formatBytes(st.rate!)}/s` : "--/s";
   const left = Math.max(0, st.size - st.covered);
-  const eta = `ETA ${known ? formatDuration(left / st.rate!) : "--:--"}`;
+  const eta = `ETA ${
+    left === 0 ? formatDuration(0) : known ? formatDuration(left / st.rate!) : "--:--"
+  }`;
   const elapsed = formatDuration(st.elapsed);
   // The most informative layout that fits, with a bar of at least 10 cells when there is one.
   const layouts = [
@@ -256,6 +258,7 @@ export class HumanProgress implements ProgressReporter {
   /** Length of the line on screen (0: none is open). */
   #drawnLength = 0;
   #drawnColumns = 0;
+  #drawnPercent = -1;
   #done = 0;
   #total = 0;
   /** Recent (time, covered) samples for the current rate. */
@@ -318,10 +321,11 @@ export class HumanProgress implements ProgressReporter {
       if (rows > 1) prefix = `\x1b[${rows - 1}A\r\x1b[J`;
     }
     if (resized && this.#drawnLength === 0) return;
+    const percent = percentOf(this.#done, this.#total);
     const text = formatBar({
       covered: this.#covered(),
       size: this.#size,
-      percent: percentOf(this.#done, this.#total),
+      percent,
       rate: this.#rate(),
       elapsed: (now - this.#started) / 1000,
       columns,
@@ -329,6 +333,7 @@ export class HumanProgress implements ProgressReporter {
     this.#sink(encoder.encode(`${prefix}${text}${CLEAR_EOL}`));
     this.#drawnLength = text.length;
     this.#drawnColumns = columns;
+    this.#drawnPercent = percent;
   }
 
   /** Ends the open line with a newline (see {@linkcode endProgressLine}). */
@@ -340,7 +345,8 @@ export class HumanProgress implements ProgressReporter {
 
   /** Draws the final state and ends the line. */
   finish(): void {
-    if (this.#total > 0 || this.#drawnLength > 0) this.#draw(false);
+    // The last update drew the end already, unless it came within the redraw interval.
+    if (this.#drawnPercent !== 100 || this.#drawnLength === 0) this.#draw(false);
     this.close();
   }
 
