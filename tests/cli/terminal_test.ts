@@ -55,9 +55,9 @@ class Tmux {
 
 /** A bar line at 120 columns: every part, nothing after the elapsed time. */
 const WIDE =
-  /^\[[#.]{40}\] +(\d+)%  [\d.]+ (B|KiB|MiB) \/ 128\.00 MiB  (--|[\d.]+ (B|KiB|MiB|GiB))\/s  ETA (--:--|\d+:\d\d)  \d+:\d\d$/;
+  /^\[[#.]{40}\] +(\d+)% {2}[\d.]+ (B|KiB|MiB) \/ 128\.00 MiB {2}(--|[\d.]+ (B|KiB|MiB|GiB))\/s {2}ETA (--:--|\d+:\d\d) {2}\d+:\d\d$/;
 /** A bar line at 30 columns. */
-const NARROW = /^\[[#.]{10,}\] +(\d+)%  ETA (--:--|\d+:\d\d)$/;
+const NARROW = /^\[[#.]{10,}\] +(\d+)% {2}ETA (--:--|\d+:\d\d)$/;
 
 const percent = (line: string | undefined, re: RegExp) => {
   const m = line === undefined ? null : re.exec(line);

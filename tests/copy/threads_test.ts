@@ -41,8 +41,16 @@ async function copyJson(src: string, dest: string, flags: string[]) {
 
 /** Stats that must not differ between two copies of the same source. */
 function sameAcrossRuns(s: Record<string, unknown>) {
-  // Times, threads and the destination's name differ; everything else must not.
-  const { seconds: _s, throughput: _t, threads: _n, dest: _d, ...rest } = s;
+  // Times, rates, threads and the destination's name differ; everything else must not.
+  const {
+    seconds: _s,
+    throughput: _t,
+    readRate: _r,
+    writeRate: _w,
+    threads: _n,
+    dest: _d,
+    ...rest
+  } = s;
   return rest;
 }
 
