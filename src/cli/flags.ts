@@ -95,7 +95,11 @@ export const FLAGS: Record<string, FlagSpec> = {
   },
   machine: { kind: "boolean", help: "xapi's framed 'Progress: N' records on stdout, nothing else" },
   json: { kind: "boolean", help: "print the stats as JSON (stdout; stderr with -machine)" },
-  "stats-file": { kind: "string", arg: "PATH", help: "also write the stats as JSON to PATH" },
+  "stats-file": {
+    kind: "string",
+    arg: "PATH",
+    help: "also write the stats as JSON to PATH (for a failed copy too: exitCode, error)",
+  },
   quantum: {
     kind: "string",
     arg: "BYTES",
