@@ -24,7 +24,8 @@ done
 echo "== sparse_dd -src sparse.raw -dest copy.raw -p"
 sparse_dd -src "$work/sparse.raw" -dest "$work/copy.raw" -p -stats-file "$work/s1.json"
 cmp "$work/sparse.raw" "$work/copy.raw" && echo "cmp: identical"
-echo "allocated: sparse.raw $(allocated "$work/sparse.raw"), copy.raw $(allocated "$work/copy.raw")"
+alloc1="$(allocated "$work/sparse.raw") -> $(allocated "$work/copy.raw")"
+echo "allocated: sparse.raw -> copy.raw: $alloc1"
 
 echo
 echo "== making a 512 MiB fully allocated disk that is 90% zero runs"
@@ -35,7 +36,8 @@ done
 echo "== sparse_dd -src dense.raw -dest copy2.raw -p (a new file is known zero: zero runs are skipped)"
 sparse_dd -src "$work/dense.raw" -dest "$work/copy2.raw" -p -stats-file "$work/s2.json"
 cmp "$work/dense.raw" "$work/copy2.raw" && echo "cmp: identical"
-echo "allocated: dense.raw $(allocated "$work/dense.raw"), copy2.raw $(allocated "$work/copy2.raw")"
+alloc2="$(allocated "$work/dense.raw") -> $(allocated "$work/copy2.raw")"
+echo "allocated: dense.raw -> copy2.raw: $alloc2"
 
 echo
 echo "== the same copy as xapi runs it: -machine writes only framed Progress records to stdout"
@@ -61,7 +63,7 @@ echo "exit code $rc (4: destination error)"
 echo
 echo "== what this demo showed"
 "$DENO" eval --quiet --no-lock '
-const [dir, records, last, rc] = Deno.args;
+const [dir, records, last, rc, alloc1, alloc2] = Deno.args;
 const read = (n) => JSON.parse(Deno.readTextFileSync(`${dir}/${n}`));
 const mib = (b) => `${(b / 2 ** 20).toFixed(1)} MiB`;
 const line = (what, s) =>
@@ -69,11 +71,11 @@ const line = (what, s) =>
     `skipped ${mib(s.skippedBytes)} of zeroes, ${s.seconds} s`);
 line("2 GiB sparse disk, 40 MiB of data:", read("s1.json"));
 line("512 MiB dense disk, 90% zero runs:", read("s2.json"));
-console.log(`  ${"both copies:".padEnd(34)} identical to their sources (cmp), as sparse as the data (du)`);
+console.log(`  ${"both copies:".padEnd(34)} identical to their sources (cmp); allocated ${alloc1}, ${alloc2} (du)`);
 console.log(`  ${"as xapi runs it (-machine):".padEnd(34)} ${records} framed records up to "${last}", then the end record`);
 const j = read("s4.json");
 console.log(`  ${"--json / -stats-file:".padEnd(34)} ${Object.keys(j).length} fields (version ${j.version}, exitCode ${j.exitCode}, ...)`);
 const f = read("s5.json");
 console.log(`  ${"a destination that cannot exist:".padEnd(34)} exit ${rc}, stats: exitCode ${f.exitCode}, "${f.error.slice(0, 40)}..."`);
 console.log("  next: README.md (quick start, exit codes, JSON fields), bash scripts/test.sh");
-' "$work" "$records" "$last" "$rc"
+' "$work" "$records" "$last" "$rc" "$alloc1" "$alloc2"
