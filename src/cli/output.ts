@@ -9,6 +9,7 @@ import type { CopyStats } from "../copy/copier.ts";
 import type { DiscoverySummary } from "../discovery/source_allocation.ts";
 import { VERSION } from "../version.ts";
 import { endProgressLine, formatBytes } from "./progress.ts";
+import { redactSecrets } from "../http/url.ts";
 
 const encoder = new TextEncoder();
 export function writeAllSync(fd: { writeSync(p: Uint8Array): number }, text: string): void {
@@ -17,10 +18,13 @@ export function writeAllSync(fd: { writeSync(p: Uint8Array): number }, text: str
   while (off < bytes.length) off += fd.writeSync(bytes.subarray(off));
 }
 
-/** A line on stderr, prefixed with the program name; it ends the progress bar's line first. */
+/**
+ * A line on stderr, prefixed with the program name; session ids and credentials redacted. It
+ * ends the progress bar's line first.
+ */
 export function note(text: string): void {
   endProgressLine();
-  writeAllSync(Deno.stderr, `sparse_dd: ${text}\n`);
+  writeAllSync(Deno.stderr, `sparse_dd: ${redactSecrets(text)}\n`);
 }
 
 /** What every stats report carries, whether the copy succeeded or not. */
@@ -131,9 +135,9 @@ export function failureReport(
   return {
     version: VERSION,
     exitCode,
-    error,
+    error: redactSecrets(error),
     src: absoluteSpec(o.src),
-    dest: absoluteSpec(o.dest),
+    dest: redactSecrets(absoluteSpec(o.dest)),
     base: o.base ? absoluteSpec(o.base) : null,
     seconds: Math.round(seconds * 1000) / 1000,
   };

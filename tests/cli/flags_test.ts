@@ -87,7 +87,7 @@ Deno.test("--help: main flags first, then xapi's flags without effect, then diag
     return i;
   };
   ok(at("\n  -src ") < at("\nAccepted for compatibility"));
-  ok(at("\nAccepted for compatibility") < at("\n  -good-ciphersuites "));
+  ok(at("\nAccepted for compatibility") < at("\n  -legacy-ciphersuites "));
   ok(at("\n  -ssl-legacy ") < at("\nFor tests, diagnosis"));
   ok(at("\nFor tests, diagnosis") < at("\n  -tap-ctl "));
   ok(at("\nFor tests, diagnosis") < at("\n  -quantum "));

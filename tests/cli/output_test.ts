@@ -124,3 +124,10 @@ Deno.test("the JSON carries version, exitCode and absolute paths; failures have 
   });
   for (const k of Object.keys(f)) ok(k in r, `a success report has ${k} too`);
 });
+
+Deno.test("a failure's stats redact session ids and credentials, as the stderr line does", () => {
+  const dest = "https://root:pw@h/import_raw_vdi?vdi=OpaqueRef:v&session_id=OpaqueRef:secret";
+  const f = failureReport({ src: "/s", dest }, 4, `cannot write ${dest} at offset 0: 500`, 1);
+  doesNotMatch(JSON.stringify(f), /secret|pw@/);
+  match(f.dest, /^https:\/\/<redacted>@h\/import_raw_vdi\?vdi=OpaqueRef:v&session_id=<redacted>$/);
+});
