@@ -65,7 +65,8 @@ export interface Report extends ReportHead, CopyStats {
 export type FailureReport = ReportHead;
 
 /**
- * A `-src`/`-dest`/`-base` as the report shows it: URIs as given, paths made absolute.
+ * A `-src`/`-dest`/`-base` as the report shows it: paths made absolute, URIs as given but with
+ * session ids and credentials redacted.
  *
  * @example
  * ```ts
@@ -74,7 +75,7 @@ export type FailureReport = ReportHead;
  * ```
  */
 export function absoluteSpec(spec: string): string {
-  return /^[a-z][a-z0-9+.-]*:\/\//i.test(spec) ? spec : resolve(spec);
+  return /^[a-z][a-z0-9+.-]*:\/\//i.test(spec) ? redactSecrets(spec) : resolve(spec);
 }
 
 /**
@@ -137,7 +138,7 @@ export function failureReport(
     exitCode,
     error: redactSecrets(error),
     src: absoluteSpec(o.src),
-    dest: redactSecrets(absoluteSpec(o.dest)),
+    dest: absoluteSpec(o.dest),
     base: o.base ? absoluteSpec(o.base) : null,
     seconds: Math.round(seconds * 1000) / 1000,
   };

@@ -25,9 +25,13 @@ class Tmux {
     return text;
   }
 
+  /** The server's socket file: tmux leaves it behind when the server is killed. */
+  #socket?: string;
+
   /** Starts `script` in a detached session of `columns` x 30. */
   async start(script: string, columns: number): Promise<void> {
     await this.run("new-session", "-d", "-x", String(columns), "-y", "30", "bash", script);
+    this.#socket = (await this.run("display-message", "-p", "#{socket_path}")).trim();
   }
 
   /** The screen's lines, trailing blanks removed, trailing empty lines dropped. */
@@ -50,6 +54,7 @@ class Tmux {
 
   async kill(): Promise<void> {
     await this.run("kill-server").catch(() => {});
+    if (this.#socket) await Deno.remove(this.#socket).catch(() => {});
   }
 }
 
