@@ -7,7 +7,15 @@
 import { ExitCode, exitCodeOf, messageOf } from "../core/errors.ts";
 import { CopyAborted } from "../copy/copier.ts";
 import { parse, type ParseResult, usage } from "./flags.ts";
-import { failureReport, note, summary, writeAllSync } from "./output.ts";
+import {
+  failure,
+  failureReport,
+  flushNotes,
+  holdNotes,
+  note,
+  summary,
+  writeAllSync,
+} from "./output.ts";
 import { type Entry, runCopy } from "./run.ts";
 import { VERSION } from "../version.ts";
 
@@ -25,7 +33,7 @@ export async function main(argv: string[], entry: Entry = {}): Promise<number> {
   try {
     parsed = await parse(argv);
   } catch (err) {
-    note(messageOf(err));
+    failure(messageOf(err));
     return exitCodeOf(err);
   }
   if (parsed.action === "help") {
@@ -37,19 +45,20 @@ export async function main(argv: string[], entry: Entry = {}): Promise<number> {
     return ExitCode.Ok;
   }
   const o = parsed.options;
+  if (o.machine) holdNotes();
   for (const n of parsed.configNotes) note(n);
 
   // A failed copy's stats say how it failed, so a stats file never shows an older success.
   const started = performance.now();
   const fail = (code: number, message: string): number => {
-    note(message);
+    failure(message);
     const json = JSON.stringify(
       failureReport(o, code, message, (performance.now() - started) / 1000),
     );
     try {
       if (o.statsFile) Deno.writeTextFileSync(o.statsFile, json + "\n");
     } catch (err) {
-      note(`cannot write the stats file ${o.statsFile}: ${messageOf(err)}`);
+      failure(`cannot write the stats file ${o.statsFile}: ${messageOf(err)}`);
     }
     // With -machine, stderr keeps its one error line: the JSON goes to the stats file only.
     if (o.json && !o.machine) writeAllSync(Deno.stdout, json + "\n");
@@ -81,12 +90,12 @@ export async function main(argv: string[], entry: Entry = {}): Promise<number> {
       try {
         await Deno.writeTextFile(o.statsFile, json + "\n");
       } catch (err) {
-        return fail(
-          ExitCode.Usage,
-          `the copy finished but the stats file ${o.statsFile} cannot be written: ${
-            messageOf(err)
-          }`,
+        // Not a source error: the copy is done; only the stats are missing.
+        failure(
+          `the copy to ${o.dest} is complete, but the stats file ${o.statsFile} cannot be ` +
+            `written: ${messageOf(err)}`,
         );
+        return ExitCode.Usage;
       }
     }
     if (o.json) writeAllSync(o.machine ? Deno.stderr : Deno.stdout, json + "\n");
@@ -103,5 +112,6 @@ export async function main(argv: string[], entry: Entry = {}): Promise<number> {
     return fail(exitCodeOf(err), messageOf(err));
   } finally {
     for (const [sig, h] of handlers) Deno.removeSignalListener(sig, h);
+    await flushNotes();
   }
 }
