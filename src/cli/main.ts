@@ -50,13 +50,15 @@ export async function main(argv: string[], entry: Entry = {}): Promise<number> {
 
   // A failed copy's stats say how it failed, so a stats file never shows an older success.
   const started = performance.now();
+  const statsFileChecked = { ok: false };
   const fail = (code: number, message: string): number => {
     failure(message);
     const json = JSON.stringify(
       failureReport(o, code, message, (performance.now() - started) / 1000),
     );
     try {
-      if (o.statsFile) Deno.writeTextFileSync(o.statsFile, json + "\n");
+      // Only a stats file checked to be no disk, FIFO or the like (never onto a disk).
+      if (o.statsFile && statsFileChecked.ok) Deno.writeTextFileSync(o.statsFile, json + "\n");
     } catch (err) {
       failure(`cannot write the stats file ${o.statsFile}: ${messageOf(err)}`);
     }
@@ -84,7 +86,7 @@ export async function main(argv: string[], entry: Entry = {}): Promise<number> {
     return [sig, h] as const;
   });
   try {
-    const report = await runCopy(o, abort.signal, entry);
+    const report = await runCopy(o, abort.signal, entry, statsFileChecked);
     const json = JSON.stringify(report);
     if (o.statsFile) {
       try {

@@ -68,6 +68,9 @@ export async function runCopy(
   o: Options,
   signal?: AbortSignal,
   entry: Entry = {},
+  /** Set once `-stats-file` is known to be no operand and safe to write (a failure's stats are
+   * written only then). */
+  statsFileChecked: { ok: boolean } = { ok: false },
 ): Promise<Report> {
   const machine = o.machine;
   if (o.inert.length > 0) note(`note: accepted but not applicable here: ${o.inert.join(", ")}`);
@@ -94,10 +97,12 @@ export async function runCopy(
   });
   const destEnd = await resolveEndpoint(o.dest, "destination", { sysfsRoot });
   const checkOperands = async () => {
+    statsFileChecked.ok = false;
     checkDistinct(srcEnd, destEnd, baseEnd);
     if (o.statsFile !== undefined) {
       await checkStatsFile(o.statsFile, [srcEnd, destEnd, ...baseEnd ? [baseEnd] : []]);
     }
+    statsFileChecked.ok = true;
   };
   // Refused before anything is opened (and again below, once the VHD chains are known).
   await checkOperands();
