@@ -17,6 +17,7 @@ import {
 } from "../endpoint/endpoint.ts";
 import { openDestination, type OpenedSource, openSource } from "../endpoint/open.ts";
 import { type LaneGroup, startLanes } from "../copy/threads.ts";
+import { FileDisk } from "../file/file_disk.ts";
 import { isNbdUri } from "../nbd/protocol.ts";
 import { HumanProgress, MachineProgress, NoProgress, type ProgressReporter } from "./progress.ts";
 import { DEVICE_THREADS, LANE_SEGMENT, type Options } from "./flags.ts";
@@ -151,6 +152,21 @@ export async function runCopy(
         `destination ${redactSecrets(o.dest)} is smaller (${dst.size} bytes) than -size ${size}`,
       );
     }
+    // With -base the destination holds the base's data, usable or not: never zero. Unless it
+    // was just created (or empty): then it holds nothing of the base, and only a full copy onto
+    // its zeroes is right.
+    let holdsBase = baseEnd !== undefined;
+    if (holdsBase && dst.knownZero === true) {
+      if (unchanged !== undefined) {
+        notes.push(
+          `warning: ${o.dest} is new or empty, so it does not hold -base ${
+            o.base ?? o.vhd.baseVhd
+          }: doing a full copy`,
+        );
+      }
+      holdsBase = false;
+      unchanged = undefined;
+    }
     for (const n of notes) note(n);
     // Other threads open the disks from their descriptions themselves, so only local disks are
     // shared (an NBD server may not take more connections).
@@ -164,7 +180,7 @@ export async function runCopy(
         job: { src: srcEnd, dest: destEnd, open: openOpts, copy: { quantum: o.quantum } },
       });
     }
-    const prezeroed = o.prezeroed || dst.knownZero === true;
+    const prezeroed = !holdsBase && (o.prezeroed || dst.knownZero === true);
     reporter = machine
       ? new MachineProgress()
       : (o.progress === "bar" || (o.progress === "auto" && Deno.stderr.isTerminal()))
@@ -175,11 +191,18 @@ export async function runCopy(
       allocation: alloc.extents,
       prezeroed,
       unchanged,
+      holdsBase,
       quantum: o.quantum,
       signal,
       lanes,
       onProgress: (done, total) => reporter?.update(done, total),
     });
+    if (src.disk instanceof FileDisk) {
+      // A file cut short where the copy read nothing (a hole) fails no read: it is still no copy.
+      await src.disk.assertSize(size).catch((err) => {
+        throw tag(err, "source");
+      });
+    }
     try {
       await dst.flush();
     } catch (err) {

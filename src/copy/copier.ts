@@ -22,6 +22,8 @@ export interface CopyOptions {
   prezeroed: boolean;
   /** Ranges the destination already holds (`-base`): left alone. */
   unchanged?: ExtentSet;
+  /** The destination holds a base's data (`-base`), so it is never assumed zero. */
+  holdsBase?: boolean;
   /** Zero-scan quantum in bytes (default 16 KiB). */
   quantum?: number;
   /** Largest read or write in bytes (default 2 MiB). */
@@ -154,7 +156,7 @@ export async function executePlan(
   src: Disk,
   dst: Disk,
   plan: Plan,
-  options: Omit<CopyOptions, "size" | "allocation" | "prezeroed" | "unchanged"> = {},
+  options: Omit<CopyOptions, "size" | "allocation" | "prezeroed" | "unchanged" | "holdsBase"> = {},
 ): Promise<CopyStats> {
   const started = performance.now();
   // Checked before anything is written: no write may land outside either disk.
@@ -328,7 +330,10 @@ export async function runSteps(
   src: Disk,
   dst: Disk,
   run: Plan,
-  options: Omit<CopyOptions, "size" | "allocation" | "prezeroed" | "unchanged" | "lanes">,
+  options: Omit<
+    CopyOptions,
+    "size" | "allocation" | "prezeroed" | "unchanged" | "holdsBase" | "lanes"
+  >,
   lanes: Pick<Lanes, "segment" | "claim"> | undefined,
   onDone: (bytes: number, counts: Readonly<StepCounts>) => void,
 ): Promise<StepCounts> {
@@ -379,6 +384,10 @@ export async function runSteps(
   interface Loaded {
     bytes: Uint8Array;
     isZero?: (buf: Uint8Array, start: number, end: number) => boolean;
+    /** Lent bytes: why they are no longer the source's, if so (see DiskView.stale). */
+    stale?: () => string | undefined;
+    /** Lent bytes the lender wants back before they are touched (see DiskView.revoked). */
+    revoked?: () => boolean;
     /** Returns the buffer to the pool, or the lent bytes to the source. */
     done(): void;
   }
@@ -386,8 +395,13 @@ export async function runSteps(
     const lent = await src.view?.(step.start, step.length, step.until);
     if (lent) {
       const isZero = lent.isZero?.bind(lent);
-      return { bytes: lent.bytes, isZero, done: () => lent.release() };
+      const stale = lent.stale?.bind(lent);
+      const revoked = lent.revoked?.bind(lent);
+      return { bytes: lent.bytes, isZero, stale, revoked, done: () => lent.release() };
     }
+    return await readInto(step);
+  };
+  const readInto = async (step: Step): Promise<Loaded> => {
     const buf = take();
     try {
       await src.read(step.start, buf.subarray(0, step.length));
@@ -441,7 +455,12 @@ export async function runSteps(
       let work: Promise<void>;
       if (item.read) {
         readsQueued--;
-        const loaded = await item.read;
+        let loaded = await item.read;
+        if (loaded.revoked?.()) {
+          // Given back untouched, and read instead (the read reports a source cut short).
+          loaded.done();
+          loaded = await readInto(step);
+        }
         // Checked again after the wait: the step may not start writing once stopped.
         if (options.signal?.aborted) {
           loaded.done();
@@ -472,6 +491,15 @@ export async function runSteps(
         } else {
           stats.dataBytes += step.length;
           work = write(step.start, view);
+        }
+        // Lent bytes that vanished under the write (the source was cut short): the source's
+        // error, at the step's offset, not the destination's.
+        if (loaded.stale) {
+          const stale = loaded.stale;
+          work = work.catch((err) => {
+            const why = stale();
+            throw why === undefined ? err : fail(why, src, "source", "read", step.start);
+          });
         }
         // Every write of the step has settled (or the first failed and the others are still
         // settling): only then may the bytes go back.

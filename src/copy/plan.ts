@@ -20,6 +20,11 @@ export interface PlanInput {
    * written. When given, the destination is not zero elsewhere either (it holds the base).
    */
   unchanged?: ExtentSet;
+  /**
+   * The destination holds a base disk's data (`-base` was given), whether or not the base could
+   * be compared with the source: it reads as the base, never as zero, whatever `prezeroed` says.
+   */
+  holdsBase?: boolean;
 }
 
 /** The plan: every byte of `[0, size)` is in exactly one of `data`, `zero`, `skip`, `unchanged`. */
@@ -59,8 +64,8 @@ export function planCopy(input: PlanInput): Plan {
   const data = allocated.difference(unchanged);
   const holes = full.difference(allocated).difference(unchanged);
   // With a base the destination holds the base's data, not zeroes: nothing outside `unchanged`
-  // may be assumed zero, whatever -prezeroed says.
-  const destZero = input.prezeroed && input.unchanged === undefined;
+  // may be assumed zero, whatever -prezeroed says (also when the base was of no use).
+  const destZero = input.prezeroed && input.unchanged === undefined && input.holdsBase !== true;
   return {
     size,
     data,

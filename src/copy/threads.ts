@@ -339,6 +339,12 @@ function laneResult(
   });
 }
 
+/** Marks a disk error as the source's or the destination's, unless it already says. */
+function role(err: unknown, which: "source" | "destination"): unknown {
+  if (err instanceof DiskError) err.role ??= which;
+  return err;
+}
+
 /**
  * Serves one lane in this Worker: waits for the job, opens the disks, copies the segments it
  * claims, reports. Run by main.ts when the Worker is named {@linkcode LANE_WORKER_NAME}.
@@ -351,13 +357,15 @@ export function serveLane(): void {
   let opened: Promise<[Disk, Disk]> | undefined;
   const open = (job: LaneJob, size: number) =>
     opened ??= (async (): Promise<[Disk, Disk]> => {
-      const src = (await openSource(job.src, job.open)).disk;
+      const src = (await openSource(job.src, job.open).catch((err) => {
+        throw role(err, "source");
+      })).disk;
       try {
         // The calling thread holds the destination's claim (O_EXCL, lock) for the whole copy.
         return [src, await openDestination(job.dest, size, { ...job.open, claim: false })];
       } catch (err) {
         await src.close().catch(() => {});
-        throw err;
+        throw role(err, "destination");
       }
     })();
   scope.onmessage = async (e) => {
@@ -394,8 +402,14 @@ export function serveLane(): void {
           done[lane] = finished;
         },
       );
-      // Writeback errors surface here, in the lane that wrote.
-      await dst.flush();
+      // Writeback errors surface here, in the lane that wrote: they are the destination's
+      // (exit 4), as is what closing it reports.
+      try {
+        await dst.flush();
+        await dst.close();
+      } catch (err) {
+        throw role(err, "destination");
+      }
       scope.postMessage({ kind: "done", counts });
     } catch (err) {
       if (!(err instanceof CopyAborted)) Atomics.store(words, STOP, 1);

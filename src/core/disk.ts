@@ -88,10 +88,30 @@ export interface DiskView {
   release(): void;
   /** A faster test for zero bytes in `bytes` than the copier's own, where the lender has one. */
   isZero?(buf: Uint8Array, start: number, end: number): boolean;
+  /**
+   * Why the lent bytes are no longer the disk's (a file cut short under its mapping), or
+   * `undefined`: asked when writing them failed, so that the source is blamed, not the
+   * destination (a `pwrite` from pages that vanished fails with EFAULT).
+   */
+  stale?(): string | undefined;
+  /**
+   * True when the lender needs the bytes back before they are used (the file is about to be
+   * cut short, see mapping.ts): the caller releases them without touching them and reads the
+   * range instead. Asked right before the bytes are first touched.
+   */
+  revoked?(): boolean;
 }
 
 /** What went wrong, for the exit code: see `ExitCode` in `errors.ts`. */
-export type DiskOp = "open" | "read" | "write" | "zero" | "flush" | "stat" | "allocation";
+export type DiskOp =
+  | "open"
+  | "read"
+  | "write"
+  | "zero"
+  | "flush"
+  | "close"
+  | "stat"
+  | "allocation";
 
 /** How each operation reads in a message: `cannot read /dev/sdb ...`. */
 const OP_WORDS: Record<DiskOp, string> = {
@@ -100,6 +120,7 @@ const OP_WORDS: Record<DiskOp, string> = {
   write: "write",
   zero: "zero",
   flush: "flush",
+  close: "close",
   stat: "stat",
   allocation: "get the allocation of",
 };

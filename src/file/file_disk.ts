@@ -69,6 +69,10 @@ export interface FileOpenOptions {
 
 function reasonOf(err: unknown): string {
   if (err instanceof ErrnoError) return err.message;
+  // Deno's errors end with "(os error 5)": the strerror text is the reason.
+  if (err instanceof Error && /\(os error \d+\)$/.test(err.message)) {
+    return err.message.replace(/\s*\(os error \d+\)$/, "");
+  }
   if (err instanceof Deno.errors.NotFound) return "No such file or directory";
   if (err instanceof Deno.errors.PermissionDenied) return "Permission denied";
   if (err instanceof Deno.errors.IsADirectory) return "Is a directory";
@@ -93,6 +97,7 @@ interface Backend {
   zero?(offset: number, length: number): Promise<void>;
   extents?(size: number): Extent[] | undefined;
   flush(): Promise<void>;
+  /** Releases the descriptors; throws what closing a written one reports. */
   close(): void;
 }
 
@@ -232,6 +237,13 @@ class FdBackend implements Backend {
     readonly writeback: Writeback | undefined,
     /** Lends pages by mapping them (a regular file read through the page cache). */
     readonly mapped: MappedFile | undefined,
+    /**
+     * A writable disk's second descriptor, opened before anything is written, that only flushes.
+     * The kernel reports a writeback error once to each open descriptor: whatever the others
+     * saw (a `sync_file_range` on another thread, whose errno is lost), this one still reports
+     * it at the end, with its reason, through Deno's own `fdatasync`.
+     */
+    readonly witness: Deno.FsFile | undefined,
   ) {
     this.#sector = isBlock ? safe(() => c.blkSectorSize(fd), 512) : 512;
     if (mapped) this.view = (offset, length, until) => mapped.view(offset, length, until);
@@ -305,7 +317,24 @@ class FdBackend implements Backend {
         throw err;
       }
     }
-    if (fd === this.fd) await this.writeback?.written(offset, buf.length);
+    if (fd === this.fd && this.writeback) {
+      try {
+        await this.writeback.written(offset, buf.length);
+      } catch (err) {
+        throw await this.#why(err);
+      }
+    }
+  }
+
+  /** A writeback error with its reason, when the witness can tell it (see `witness`). */
+  async #why(err: unknown): Promise<unknown> {
+    if (!(err instanceof ErrnoError) || this.witness === undefined) return err;
+    try {
+      await this.witness.syncData();
+    } catch (reason) {
+      return reason;
+    }
+    return err;
   }
 
   async zero(offset: number, length: number): Promise<void> {
@@ -372,14 +401,33 @@ class FdBackend implements Backend {
   }
 
   async flush(): Promise<void> {
-    await this.writeback?.settle();
-    await this.c.fdatasync(this.fd);
+    // Every error counts, from the writeback calls or the final sync: none is retried away.
+    let failed: unknown;
+    await this.writeback?.settle().catch((err) => failed = err);
+    if (this.witness) {
+      // Deno's fdatasync keeps its errno; it reports any writeback error since the disk was
+      // opened, whichever descriptor's pages (or another thread's) failed.
+      await this.witness.syncData();
+    } else {
+      await this.c.fdatasync(this.fd);
+    }
+    if (failed !== undefined) throw failed;
   }
 
   close(): void {
     this.mapped?.close();
-    if (this.directFd !== undefined) safe(() => this.c.close(this.directFd!), undefined);
-    this.c.close(this.fd);
+    let failed: unknown;
+    const close = (f: () => void) => {
+      try {
+        f();
+      } catch (err) {
+        failed ??= err;
+      }
+    };
+    if (this.directFd !== undefined) close(() => this.c.close(this.directFd!));
+    close(() => this.c.close(this.fd));
+    if (this.witness) close(() => this.witness!.close());
+    if (failed !== undefined) throw failed;
   }
 }
 
@@ -531,7 +579,10 @@ export class FileDisk implements Disk {
       this.view = (offset, length, until) => lend(offset, length, until).catch(() => undefined);
     }
     this.writeQueueDepth = writable ? backend.queueDepth : 1;
+    this.#writable = writable;
   }
+
+  readonly #writable: boolean;
 
   /** Opens `path`; throws a {@linkcode DiskError} naming it on failure. */
   static async open(path: string, options: FileOpenOptions = {}): Promise<FileDisk> {
@@ -575,7 +626,7 @@ export class FileDisk implements Disk {
       const offload = isBlock && write && offloadsZeroes(info?.rdev ?? null);
       return new FileDisk(path, backend, size, isBlock, knownZero, write, offload);
     } catch (err) {
-      backend.close();
+      safe(() => backend.close(), undefined);
       throw new DiskError(path, "open", undefined, reasonOf(err), { cause: err });
     }
   }
@@ -602,6 +653,33 @@ export class FileDisk implements Disk {
     }
   }
 
+  /**
+   * Throws a {@linkcode DiskError} when a regular file is now shorter than `size`: it was cut
+   * short while being copied, perhaps where the copy read nothing (a hole), so no read failed.
+   *
+   * @example
+   * ```ts ignore
+   * await src.assertSize(size); // after the copy, before reporting success
+   * ```
+   */
+  async assertSize(size: number): Promise<void> {
+    if (this.isBlockDevice) return;
+    let now: number;
+    try {
+      now = await this.#io.size();
+    } catch (err) {
+      this.#fail("stat", undefined, err);
+    }
+    if (now < size) {
+      throw new DiskError(
+        this.name,
+        "read",
+        now,
+        `the file was cut to ${now} bytes during the copy`,
+      );
+    }
+  }
+
   /** Data extents from `SEEK_DATA`/`SEEK_HOLE`; `undefined` on devices or without FFI. */
   allocation(): Promise<ExtentSet | undefined> {
     if (this.isBlockDevice) return Promise.resolve(undefined);
@@ -622,13 +700,21 @@ export class FileDisk implements Disk {
     }
   }
 
+  /**
+   * Releases the disk. On a destination, what closing reports (NFS reports write errors there)
+   * is an error naming it: the caller closes it before it reports success.
+   */
   close(): Promise<void> {
     if (this.#closed) return Promise.resolve();
     this.#closed = true;
     try {
       this.#io.close();
-    } catch {
-      // Closing cannot lose data that flush() did not already report.
+    } catch (err) {
+      if (this.#writable) {
+        return Promise.reject(
+          new DiskError(this.name, "close", undefined, reasonOf(err), { cause: err }),
+        );
+      }
     }
     return Promise.resolve();
   }
@@ -708,7 +794,17 @@ function openBackend(
   const mapped = !write && !isBlock && directFd === undefined
     ? new MappedFile(c, fd, c.size(fd))
     : undefined;
-  return new FdBackend(c, fd, directFd, 4096, isBlock, writeback, mapped);
+  let witness: Deno.FsFile | undefined;
+  if (write) {
+    try {
+      // The same file as `fd`, whatever happens to the path meanwhile.
+      witness = Deno.openSync(`/proc/self/fd/${fd}`, { read: true });
+    } catch {
+      // No /proc: libc's fdatasync, whose failures are final too (see Libc.fdatasync).
+      witness = undefined;
+    }
+  }
+  return new FdBackend(c, fd, directFd, 4096, isBlock, writeback, mapped, witness);
 }
 
 /** Walks SEEK_DATA/SEEK_HOLE on an open descriptor; `undefined` where unsupported. */

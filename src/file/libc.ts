@@ -77,6 +77,19 @@ export const MADV_DONTNEED = 4;
 /** `madvise` advice: fault the pages in now; failure is an error return, never SIGBUS. */
 export const MADV_POPULATE_READ = 22;
 
+/** `fcntl` command: set the signal sent when the file is ready (for leases: being broken). */
+export const F_SETSIG = 10;
+/** `fcntl` command: take or give up a lease on an open file. */
+export const F_SETLEASE = 1024;
+/** `fcntl` command: the lease held, or, while it is being broken, the type it must become. */
+export const F_GETLEASE = 1025;
+/** Lease type: a read lease (no other process may open the file for writing or truncate it). */
+export const F_RDLCK = 0;
+/** Lease type: none. */
+export const F_UNLCK = 2;
+/** A signal whose default action is to ignore it (for {@linkcode F_SETSIG}). */
+export const SIGURG = 23;
+
 /** `sync_file_range` flag: first wait for writeback already under way in the range. */
 export const SYNC_FILE_RANGE_WAIT_BEFORE = 1;
 /** `sync_file_range` flag: start writeback of the range's dirty pages, do not wait. */
@@ -224,6 +237,7 @@ const SYMBOLS = {
     result: "i32",
     nonblocking: true,
   },
+  fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" },
   __errno_location: { parameters: [], result: "pointer" },
   strerror: { parameters: ["i32"], result: "pointer" },
 } as const satisfies Deno.ForeignLibraryInterface;
@@ -459,10 +473,15 @@ export class Libc {
     }
   }
 
-  /** `fdatasync(2)` on another thread. */
+  /**
+   * `fdatasync(2)` on another thread. A failure is final: the kernel reports a writeback error
+   * once per descriptor (and may have dropped the pages), so a repeat that returns 0 proves
+   * nothing. The repeat only serves to learn errno; when it succeeds the reason is unknown.
+   */
   async fdatasync(fd: number): Promise<void> {
     if (await this.#s.fdatasyncAsync(fd) === 0) return;
     if (this.#s.fdatasync(fd) !== 0) this.#fail("fdatasync");
+    throw lostReason("fdatasync");
   }
 
   /**
@@ -475,7 +494,8 @@ export class Libc {
 
   /**
    * `sync_file_range(2)` on another thread (with the WAIT flags it blocks until the range is on
-   * the device). Errors are thrown: a failed writeback is a failed write.
+   * the device). Errors are thrown: a failed writeback is a failed write, and, as with
+   * {@linkcode Libc.fdatasync}, a repeat that succeeds does not undo it.
    */
   async syncFileRangeAsync(fd: number, offset: number, length: number, flags: number) {
     const r = await this.#s.syncFileRangeAsync(fd, BigInt(offset), BigInt(length), flags);
@@ -483,6 +503,7 @@ export class Libc {
     if (this.#s.sync_file_range(fd, BigInt(offset), BigInt(length), flags) !== 0) {
       this.#fail("sync_file_range");
     }
+    throw lostReason("sync_file_range");
   }
 
   /**
@@ -543,10 +564,40 @@ export class Libc {
     this.#s.munmap(p, BigInt(length));
   }
 
+  /**
+   * Takes a read lease on `fd` (open read only): until it is given up, another process that
+   * opens the file for writing or truncates it waits (up to `/proc/sys/fs/lease-break-time`
+   * seconds), so pages mapped from it cannot vanish meanwhile. The break is signalled with
+   * SIGURG, which is ignored: {@linkcode Libc.leaseBroken} tells. False when no lease can be
+   * had (the file is open for writing elsewhere, not ours, or on a file system without leases).
+   */
+  takeReadLease(fd: number): boolean {
+    if (this.#s.fcntl(fd, F_SETSIG, SIGURG) !== 0) return false;
+    return this.#s.fcntl(fd, F_SETLEASE, F_RDLCK) === 0;
+  }
+
+  /** True once the read lease on `fd` is being broken (or is gone): give it up soon. */
+  leaseBroken(fd: number): boolean {
+    return this.#s.fcntl(fd, F_GETLEASE, 0) !== F_RDLCK;
+  }
+
+  /** Gives up the lease on `fd`: a process waiting to write or truncate the file goes on. */
+  releaseLease(fd: number): void {
+    this.#s.fcntl(fd, F_SETLEASE, F_UNLCK);
+  }
+
   /** `posix_fadvise(2)`; advice only, so failures are ignored. `length` 0 means to the end. */
   fadvise(fd: number, offset: number, length: number, advice: number): void {
     this.#s.posix_fadvise(fd, BigInt(offset), BigInt(length), advice);
   }
+}
+
+/**
+ * A call on another thread failed, and its errno went with that thread; repeated here, it
+ * succeeded (a writeback error is reported once). The failure stands.
+ */
+function lostReason(syscall: string): ErrnoError {
+  return new ErrnoError(syscall, 5, "writeback failed (Input/output error or no space)");
 }
 
 let loaded: Libc | null | undefined;

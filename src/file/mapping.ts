@@ -9,6 +9,15 @@
  * still lent are dropped from the mapping in batches (`MADV_DONTNEED`: one TLB flush per batch,
  * the page cache keeps them), so the process's RSS stays bounded whatever the file's size.
  *
+ * Touching a mapped page past the file's end raises SIGBUS, which kills the process; a `pwrite`
+ * from one fails with EFAULT. So pages are lent only under a read lease (`F_SETLEASE`): another
+ * process that truncates the file, or opens it for writing, waits until the lease is given up.
+ * The lease is held only while views are lent, and a view is lent only while it is not being
+ * broken: once it is, nothing more is lent (the caller reads with `pread`, which reports a
+ * shorter file as an error at its offset) and the lease is given up as soon as the views in use
+ * are back. Without a lease (the file is open for writing elsewhere) nothing is lent. (The kernel
+ * takes a lease back by force after `lease-break-time`, 45 s: no view is lent that long.)
+ *
  * @example
  * ```ts
  * import { libc, O_RDONLY } from "./libc.ts";
@@ -52,6 +61,8 @@ interface Window {
 /** A read-only file lent by mapping it (see the module documentation). */
 export class MappedFile {
   readonly #windows: Window[] = [];
+  /** The read lease: held, being broken (lend nothing more), or not held. */
+  #lease: "held" | "breaking" | "none" = "none";
 
   constructor(
     readonly c: Libc,
@@ -75,11 +86,15 @@ export class MappedFile {
    */
   async view(offset: number, length: number, until?: number): Promise<DiskView | undefined> {
     if (length <= 0 || offset < 0 || offset + length > this.size) return undefined;
+    if (!this.#leased()) return undefined;
     const start = offset - offset % this.window;
     const w = offset + length <= start + this.window + this.overlap
       ? this.#windowAt(start)
       : this.#map(offset - offset % PAGE, offset + length - (offset - offset % PAGE), true);
-    if (!w) return undefined;
+    if (!w) {
+      this.#giveUpLease();
+      return undefined;
+    }
     const token = { offset };
     w.lent.add(token);
     let lent = true;
@@ -88,6 +103,8 @@ export class MappedFile {
       lent = false;
       w.lent.delete(token);
       this.#released(w, offset, length);
+      // A process waiting to truncate or write the file goes on once nothing is lent.
+      this.#giveUpLease();
     };
     if (!await this.#populate(w, offset, offset + length, until ?? offset + length)) {
       release();
@@ -98,7 +115,50 @@ export class MappedFile {
       release,
       // The SIMD scanner only reaches WebAssembly memory; libc's memcmp reads the mapping.
       isZero: (buf, from, to) => this.c.isZero(buf, from, to),
+      stale: () => this.#stale(offset, length),
+      revoked: () => !this.#stillLeased(),
     };
+  }
+
+  /** Why `[offset, offset + length)` is no longer in the file, or `undefined` while it is. */
+  #stale(offset: number, length: number): string | undefined {
+    let now: number;
+    try {
+      now = this.c.size(this.fd);
+    } catch {
+      return undefined;
+    }
+    return now < offset + length
+      ? `the file was cut to ${now} bytes during the copy (it had ${this.size})`
+      : undefined;
+  }
+
+  /**
+   * True when a view may be lent: the read lease is held (taken now if need be) and not being
+   * broken. Once it is being broken, nothing is lent until it has been given up.
+   */
+  #leased(): boolean {
+    if (this.#lease === "none") this.#lease = this.c.takeReadLease(this.fd) ? "held" : "none";
+    if (!this.#stillLeased()) this.#giveUpLease();
+    return this.#lease === "held";
+  }
+
+  /** True while the lease is held and not being broken (lent views may be touched). */
+  #stillLeased(): boolean {
+    if (this.#lease === "held" && this.c.leaseBroken(this.fd)) this.#lease = "breaking";
+    return this.#lease === "held";
+  }
+
+  /**
+   * Gives the lease up once no view is lent, so that a process waiting to truncate or write the
+   * file waits no longer than the views in use: when it is being broken, and whenever the
+   * copy has nothing lent (it may go on without lending for a long time: zeroes, other lanes).
+   */
+  #giveUpLease(): void {
+    if (this.#lease === "none") return;
+    if (this.#windows.some((w) => w.lent.size > 0)) return;
+    this.c.releaseLease(this.fd);
+    this.#lease = "none";
   }
 
   /**
@@ -127,9 +187,11 @@ export class MappedFile {
     });
   }
 
-  /** Unmaps everything, lent or not: call only once no view is in use. */
+  /** Unmaps everything, lent or not, and gives up the lease: call only once no view is in use. */
   close(): void {
     for (const w of this.#windows.splice(0)) this.c.munmap(w.p, w.span);
+    if (this.#lease !== "none") this.c.releaseLease(this.fd);
+    this.#lease = "none";
   }
 
   #windowAt(start: number): Window | undefined {

@@ -66,6 +66,11 @@ export function planBase(source: VhdChain, base: VhdChain, size: number = source
   // Past the base's virtual size the destination holds nothing of the base's layers, even where
   // a shared layer has data: copy it.
   if (base.size < size) changed = changed.union(ExtentSet.range(base.size, size - base.size));
+  // Likewise past the source chain's end (a device larger than its VHD says): the chains cannot
+  // tell what is there, so it is copied.
+  if (source.size < size) {
+    changed = changed.union(ExtentSet.range(source.size, size - source.size));
+  }
   changed = changed.clip(size);
   return {
     changed,

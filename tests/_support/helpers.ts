@@ -127,6 +127,33 @@ export async function withLoop<T>(file: string, fn: (dev: string) => Promise<T>)
   }
 }
 
+/**
+ * Runs `fn` with a loop device over a thin 128 MiB file on a 6 MiB tmpfs that is full: every
+ * write that reaches the backing file fails (ENOSPC), also writeback of the device's page cache,
+ * which the kernel reports only to a later sync.
+ */
+export async function withFullThinDevice(fn: (dev: string) => Promise<void>): Promise<void> {
+  await withTempDir(async (dir) => {
+    const mnt = `${dir}/mnt`;
+    await Deno.mkdir(mnt);
+    await sh("mount", ["-t", "tmpfs", "-o", "size=6m", "tmpfs", mnt]);
+    try {
+      const f = await Deno.open(`${mnt}/thin.img`, { write: true, create: true });
+      await f.truncate(128 << 20);
+      f.close();
+      // Fill the tmpfs to the last page.
+      await new Deno.Command("dd", {
+        args: ["if=/dev/zero", `of=${mnt}/fill`, "bs=1M", "count=8"],
+        stdout: "null",
+        stderr: "null",
+      }).output();
+      await withLoop(`${mnt}/thin.img`, fn);
+    } finally {
+      await sh("umount", [mnt]).catch(() => undefined);
+    }
+  });
+}
+
 /** True when two files have the same bytes (`cmp -s`). */
 export async function sameBytes(a: string, b: string, bytes?: number): Promise<boolean> {
   const args = ["-s", ...(bytes === undefined ? [] : ["-n", String(bytes)]), a, b];

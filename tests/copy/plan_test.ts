@@ -59,6 +59,21 @@ Deno.test("with a base the destination is not assumed zero outside the unchanged
   strictEqual(p.skip.bytes, 0);
 });
 
+Deno.test("a destination holding a base is never assumed zero, even when the base is of no use", () => {
+  // -prezeroed -base B, B not comparable with the source (no `unchanged`): the destination
+  // holds B's data, so every hole is zeroed and no zero run of the data is skipped.
+  const p = planCopy({
+    size: 1000,
+    allocation: ExtentSet.range(0, 100),
+    prezeroed: true,
+    holdsBase: true,
+  });
+  ok(!p.scan);
+  strictEqual(p.zero.bytes, 900);
+  strictEqual(p.skip.bytes, 0);
+  strictEqual(p.data.bytes, 100);
+});
+
 Deno.test("lanes claiming segments in any interleaving take every step exactly once", () => {
   for (let seed = 1; seed <= 300; seed++) {
     const r = new Prng(seed);

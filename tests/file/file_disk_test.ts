@@ -7,6 +7,7 @@ import {
   runMain,
   sameBytes,
   sh,
+  withFullThinDevice,
   withLoop,
   withTempDir,
 } from "../_support/helpers.ts";
@@ -465,4 +466,71 @@ Deno.test("writeback hands ranges to the device one call at a time, in the order
     }
     ok(c.dropped.length > 0, `seed ${seed}: retired ranges dropped`);
   }
+});
+
+/**
+ * A source of `size` bytes, dense: each 1 MiB holds 64 KiB of random data and zeroes (mostly
+ * zeroes read, so a second thread joins the copy), and the last bytes are random.
+ */
+async function mostlyZeroes(path: string, size: number): Promise<void> {
+  const r = new Prng(size);
+  const f = await Deno.open(path, { write: true, create: true, truncate: true });
+  for (let at = 0; at < size; at += MiB) {
+    const block = new Uint8Array(Math.min(MiB, size - at));
+    r.fill(block.subarray(0, 65536));
+    r.fill(block.subarray(Math.max(0, block.length - 1000)));
+    let n = 0;
+    while (n < block.length) n += await f.write(block.subarray(n));
+  }
+  f.close();
+}
+
+for (const unbuffered of ["true", "false", undefined]) {
+  for (const aligned of [true, false]) {
+    for (const threads of ["1", "2"]) {
+      const size = 128 * MiB - (aligned ? 0 : 1000);
+      Deno.test(`a failed flush is a failed copy: exit 4 naming the device (-unbuffered ${unbuffered ?? "unset"}, -size ${size}, -threads ${threads})`, async () => {
+        await withTempDir(async (dir) => {
+          await mostlyZeroes(`${dir}/src`, size);
+          await withFullThinDevice(async (dev) => {
+            const res = await runMain([
+              "-src",
+              `${dir}/src`,
+              "-dest",
+              dev,
+              "-size",
+              String(size),
+              "-threads",
+              threads,
+              ...(unbuffered === undefined ? [] : ["-unbuffered", unbuffered]),
+              ...NO_CONFIG,
+            ]);
+            strictEqual(res.code, ExitCode.Destination, res.stderr);
+            match(
+              res.stderr.trim(),
+              new RegExp(
+                `^sparse_dd: cannot (write|flush|zero) ${dev}\\b.*: (Input/output error|No space left on device)`,
+              ),
+            );
+          });
+        });
+      });
+    }
+  }
+}
+
+Deno.test("a failed flush of an unaligned tail written through the page cache is a failed copy", async () => {
+  // By default a device is written with O_DIRECT, except a tail shorter than a block: here the
+  // only data, so the only write, and its failure shows only when it is flushed.
+  await withTempDir(async (dir) => {
+    const size = 64 * MiB - 1000;
+    await Deno.writeFile(`${dir}/src`, new Uint8Array());
+    await Deno.truncate(`${dir}/src`, size);
+    await writeAt(`${dir}/src`, [[size - 3000, new Prng(5).fill(new Uint8Array(3000))]]);
+    await withFullThinDevice(async (dev) => {
+      const res = await runMain(["-src", `${dir}/src`, "-dest", dev, ...NO_CONFIG]);
+      strictEqual(res.code, ExitCode.Destination, res.stderr);
+      match(res.stderr.trim(), new RegExp(`^sparse_dd: cannot flush ${dev}: Input/output error`));
+    });
+  });
 });

@@ -13,8 +13,18 @@ import {
   O_RDONLY,
   O_RDWR,
   POSIX_FADV_SEQUENTIAL,
+  SYNC_FILE_RANGE_WAIT_AFTER,
+  SYNC_FILE_RANGE_WAIT_BEFORE,
+  SYNC_FILE_RANGE_WRITE,
 } from "../../src/file/libc.ts";
-import { allocatedBytes, ROOT, sh, withLoop, withTempDir } from "../_support/helpers.ts";
+import {
+  allocatedBytes,
+  ROOT,
+  sh,
+  withFullThinDevice,
+  withLoop,
+  withTempDir,
+} from "../_support/helpers.ts";
 
 const MiB = 1 << 20;
 
@@ -212,3 +222,24 @@ Deno.test("BLKGETSIZE64 on a regular file fails with ENOTTY", async () => {
     });
   });
 });
+
+for (const sync of ["fdatasync", "sync_file_range"] as const) {
+  Deno.test(`a failed ${sync} is never retried away: a writeback error is thrown`, async () => {
+    // The kernel reports a writeback error once per descriptor: a second call returns 0 and
+    // proves nothing (the pages may be gone).
+    await withFullThinDevice(async (dev) => {
+      await withFd(dev, O_RDWR, async (fd) => {
+        const data = new Uint8Array(MiB).fill(0x5a);
+        assert.equal(c().pwriteSync(fd, data, 0), MiB);
+        const flush = sync === "fdatasync" ? () => c().fdatasync(fd) : () =>
+          c().syncFileRangeAsync(
+            fd,
+            0,
+            MiB,
+            SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER,
+          );
+        await assert.rejects(flush(), (e) => e instanceof ErrnoError && e.syscall === sync);
+      });
+    });
+  });
+}

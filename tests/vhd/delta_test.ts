@@ -6,6 +6,7 @@ import { VhdDisk } from "../../src/vhd/vhd_disk.ts";
 import { runMain, sameBytes, withLoop, withTempDir } from "../_support/helpers.ts";
 import { pyvhdiRead, readAll } from "../_support/vhd_tools.ts";
 import { blktapLocators, VhdWriter } from "../_support/vhd_writer.ts";
+import { Prng } from "../_support/prng.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -267,5 +268,155 @@ Deno.test("a broken VHD base is an error, not a silent full copy; nothing is wri
       /^sparse_dd: cannot open .*s\.vhd at offset 512: parent "b\.vhd" .*not found/,
     );
     assert.deepEqual(await Deno.readFile(`${dir}/dest.raw`), new Uint8Array(MiB).fill(9));
+  });
+});
+
+/**
+ * xapi's VDI.copy with a base: the destination holds the base `b` (64 MiB, 8 MiB of random data
+ * at the start); the source is `b` with its first 4 MiB zeroed.
+ */
+async function overBase(dir: string): Promise<{ b: string; s: string; d: string }> {
+  const data = new Prng(13).fill(new Uint8Array(8 * MiB));
+  const b = `${dir}/b.img`;
+  const s = `${dir}/s.img`;
+  const d = `${dir}/d.img`;
+  for (const path of [b, s, d]) {
+    await Deno.writeFile(path, data);
+    await Deno.truncate(path, 64 * MiB);
+  }
+  const f = await Deno.open(s, { write: true });
+  await f.write(new Uint8Array(4 * MiB));
+  f.close();
+  return { b, s, d };
+}
+
+for (const devices of [true, false]) {
+  for (const threads of ["1", "2"]) {
+    Deno.test(`-prezeroed -base B that is not a VHD chain: zeroes over B's data are written (${devices ? "loop devices" : "files"}, -threads ${threads})`, async () => {
+      await withTempDir(async (dir) => {
+        const { b, s, d } = await overBase(dir);
+        const run = async (src: string, dest: string, base: string) => {
+          const r = await runMain([
+            "-machine",
+            "-src",
+            src,
+            "-dest",
+            dest,
+            "-size",
+            String(64 * MiB),
+            "-prezeroed",
+            "-base",
+            base,
+            "-threads",
+            threads,
+          ]);
+          // (With -machine the full-copy warning goes to syslog, not stderr.)
+          assert.equal(r.code, 0, r.stderr);
+          assert.ok(await sameBytes(src, dest), `${dest} differs from ${src}`);
+        };
+        if (!devices) return await run(s, d, b);
+        await withLoop(s, (sd) => withLoop(d, (dd) => withLoop(b, (bd) => run(sd, dd, bd))));
+      });
+    });
+  }
+}
+
+/**
+ * A chain pair whose changed blocks hold zeroes over the base's data: root R (16 MiB, blocks 0,
+ * 1); base leaf S: 1, 2, 5; source leaf A (20 MiB: grown past the base): zeroes written in 1
+ * and 5, data in 3 and 18.
+ */
+async function zeroingChains(dir: string) {
+  const fill = (w: VhdWriter, block: number, value: number) =>
+    w.write(block * BS, new Uint8Array(64 * KiB).fill(value));
+  const r = new VhdWriter({ size: 16 * MiB, blockSize: BS });
+  fill(r, 0, 0x70);
+  fill(r, 1, 0x71);
+  await r.save(`${dir}/r.vhd`);
+  const child = (size: number) =>
+    new VhdWriter({
+      size,
+      blockSize: BS,
+      parent: { uuid: r.uuid, name: "r.vhd", locators: blktapLocators("r.vhd") },
+    });
+  const s = child(16 * MiB);
+  fill(s, 1, 0x51);
+  fill(s, 2, 0x52);
+  fill(s, 5, 0x55);
+  await s.save(`${dir}/s.vhd`);
+  const a = child(20 * MiB);
+  fill(a, 1, 0);
+  fill(a, 3, 0xa3);
+  fill(a, 5, 0);
+  fill(a, 18, 0xa8);
+  await a.save(`${dir}/a.vhd`);
+  // The two chains' contents, by hand (pyvhdi cannot read a leaf larger than its parent).
+  const content = (size: number, blocks: Array<[number, number]>) => {
+    const out = new Uint8Array(size);
+    for (const [block, value] of blocks) out.fill(value, block * BS, block * BS + 64 * KiB);
+    return out;
+  };
+  return {
+    source: content(20 * MiB, [[0, 0x70], [3, 0xa3], [18, 0xa8]]),
+    base: content(16 * MiB, [[0, 0x70], [1, 0x51], [2, 0x52], [5, 0x55]]),
+  };
+}
+
+for (const size of [20 * MiB, 18 * MiB + 4096]) {
+  Deno.test(`-prezeroed with a usable VHD base: changed blocks are written in full, zeroes included (-size ${size})`, async () => {
+    await withTempDir(async (dir) => {
+      const { source: want, base } = await zeroingChains(dir);
+      // The destination holds the base, and garbage past the base's end.
+      const dest = new Uint8Array(20 * MiB).fill(0xdd);
+      dest.set(base);
+      await Deno.writeFile(`${dir}/dest.raw`, dest);
+      await withLoop(`${dir}/dest.raw`, async (dev) => {
+        const r = await runMain([
+          "-src",
+          `${dir}/a.vhd`,
+          "-dest",
+          dev,
+          "-size",
+          String(size),
+          "-prezeroed",
+          "-base",
+          `${dir}/s.vhd`,
+          "-json",
+        ]);
+        assert.equal(r.code, 0, r.stderr);
+        // Blocks 1, 2, 3, 5 differ, and everything past the base's 16 MiB.
+        const stats = JSON.parse(new TextDecoder().decode(r.stdout));
+        assert.equal(stats.unchangedBytes, 12 * BS);
+      });
+      const got = await Deno.readFile(`${dir}/dest.raw`);
+      const expected = dest.slice();
+      expected.set(want.subarray(0, size));
+      for (let blk = 0; blk < 20; blk++) {
+        assert.deepEqual(
+          got.subarray(blk * BS, (blk + 1) * BS),
+          expected.subarray(blk * BS, (blk + 1) * BS),
+          `block ${blk}`,
+        );
+      }
+    });
+  });
+}
+
+Deno.test("-base with a destination that does not exist yet: it cannot hold the base, a full copy", async () => {
+  await withTempDir(async (dir) => {
+    const { source: want } = await zeroingChains(dir);
+    const r = await runMain([
+      "-src",
+      `${dir}/a.vhd`,
+      "-dest",
+      `${dir}/new.raw`,
+      "-base",
+      `${dir}/s.vhd`,
+      "-json",
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /new\.raw is new or empty, so it does not hold -base .*s\.vhd/);
+    assert.equal(JSON.parse(new TextDecoder().decode(r.stdout)).unchangedBytes, 0);
+    assert.deepEqual(await Deno.readFile(`${dir}/new.raw`), want);
   });
 });
