@@ -12,7 +12,7 @@ import { DEFAULT_CONFIG, loadConfig } from "./config.ts";
 import { DISCOVERY_FLAGS, discoveryOptionsFrom } from "./discovery_flags.ts";
 import type { SourceDiscoveryOptions } from "../discovery/source_allocation.ts";
 import { VHD_FLAGS, type VhdOptions, vhdOptionsFrom } from "./vhd_flags.ts";
-import { parseBool, parseBytes, parseInteger, parseSeconds } from "./values.ts";
+import { BYTES_FORMAT, parseBool, parseBytes, parseInteger, parseSeconds } from "./values.ts";
 import { isNbdUri } from "../nbd/protocol.ts";
 import { type EncryptionMode, isRemoteUrl, parseEncryptionMode } from "../http/url.ts";
 import { DEFAULT_QUANTUM } from "../copy/quantum.ts";
@@ -42,21 +42,54 @@ interface FlagSpec {
   inert?: string;
 }
 
+/** Other spellings of flags on the command line (not in configuration files). */
+const ALIASES: Record<string, string> = {
+  "destination-is-zero": "prezeroed",
+  p: "progress",
+};
+
+/** Values a bare `-progress` may take from the next token; anything else leaves it bare. */
+const PROGRESS_VALUES = new Set(["auto", "bar", "none"]);
+
+/** Flags for tests and diagnosis, listed last in `--help`. */
+const DIAGNOSTIC_FLAGS = new Set([
+  "quantum",
+  "ignore-allocation",
+  "vhd-backend",
+  "tap-ctl",
+  "xenstore-read",
+  "sysfs-root",
+  "procfs-root",
+  "run-root",
+  "discovery-timeout",
+  "config-dir",
+]);
+
 /** Every flag the tool accepts, in `--help` order. Config-file keys are the same names. */
 export const FLAGS: Record<string, FlagSpec> = {
-  src: { kind: "string", arg: "PATH", help: "source disk: block device or file" },
+  src: {
+    kind: "string",
+    arg: "SOURCE",
+    help: "source disk: a file, a block device, a VHD file (its whole chain is read), " +
+      "nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH",
+  },
   dest: {
     kind: "string",
-    arg: "PATH|URL",
-    help: "destination disk: block device or file (created if missing), nbd:// URI, or " +
-      "http(s):// URL of xapi's chunked import or NBD proxy (docs/remote.md)",
+    arg: "DEST",
+    help: "destination disk: a file (created if missing), a block device, an nbd:// or " +
+      "nbd+unix:// URI, or an http:// or https:// URL of xapi's chunked import or NBD proxy " +
+      "(docs/remote.md)",
   },
   size: {
     kind: "string",
     arg: "BYTES",
     help: "bytes to copy (default, or -1: the size of the source)",
   },
-  prezeroed: { kind: "boolean", help: "the destination already reads as zero: skip zero runs" },
+  prezeroed: {
+    kind: "boolean",
+    help: "the destination already reads as zero: skip zero runs " +
+      "(also --destination-is-zero, nbdcopy's name)",
+  },
   base: {
     kind: "string",
     arg: "PATH",
@@ -64,7 +97,11 @@ export const FLAGS: Record<string, FlagSpec> = {
   },
   machine: { kind: "boolean", help: "xapi's framed 'Progress: N' records on stdout, nothing else" },
   json: { kind: "boolean", help: "print the stats as JSON (stdout; stderr with -machine)" },
-  "stats-file": { kind: "string", arg: "PATH", help: "also write the stats as JSON to PATH" },
+  "stats-file": {
+    kind: "string",
+    arg: "PATH",
+    help: "also write the stats as JSON to PATH (for a failed copy too: exitCode, error)",
+  },
   quantum: {
     kind: "string",
     arg: "BYTES",
@@ -84,8 +121,8 @@ export const FLAGS: Record<string, FlagSpec> = {
   ...VHD_FLAGS,
   progress: {
     kind: "string",
-    arg: "auto|bar|none",
-    help: "the bar on stderr (default auto: on a terminal)",
+    arg: "[auto|bar|none]",
+    help: "the bar on stderr (default auto: on a terminal); bare -progress or -p: bar",
   },
   config: { kind: "string", arg: "PATH", help: `configuration file (default ${DEFAULT_CONFIG})` },
   "config-dir": { kind: "string", arg: "DIR", help: "configuration fragments (default CONFIG.d)" },
@@ -222,6 +259,7 @@ export type ParseResult =
  */
 function normalise(argv: string[]): string[] {
   const out: string[] = [];
+  const isFlag = (tok: string | undefined) => tok !== undefined && /^--?[A-Za-z]/.test(tok);
   for (let i = 0; i < argv.length; i++) {
     const tok = argv[i];
     const m = /^--?([A-Za-z][A-Za-z0-9_-]*)(?:=(.*))?$/s.exec(tok);
@@ -233,15 +271,29 @@ function normalise(argv: string[]): string[] {
       out.push(tok);
       continue;
     }
-    const [, name, inline] = m;
+    const [, given, inline] = m;
+    const name = FLAGS[given] ? given : ALIASES[given] ?? given;
     const spec = FLAGS[name];
     if (!spec) {
       out.push(`--${name}${inline === undefined ? "" : `=${inline}`}`);
       continue;
     }
+    if (name === "progress" && inline === undefined) {
+      // Bare -progress / -p turns the bar on; a following accepted value is its value.
+      out.push(`--progress=${PROGRESS_VALUES.has(argv[i + 1]) ? argv[++i] : "bar"}`);
+      continue;
+    }
     if (spec.kind === "string" && inline === undefined) {
       if (i + 1 >= argv.length) {
-        throw new SparseDdError(ExitCode.Usage, `option -${name} needs a value (${spec.arg})`);
+        throw new SparseDdError(ExitCode.Usage, `option -${given} needs a value (${spec.arg})`);
+      }
+      if (isFlag(argv[i + 1])) {
+        throw new SparseDdError(
+          ExitCode.Usage,
+          `option -${given} needs a value (${spec.arg}) but is followed by the option ${
+            argv[i + 1]
+          } (write -${given}=VALUE for a value that starts with '-')`,
+        );
       }
       out.push(`--${name}=${argv[++i]}`);
     } else {
@@ -317,6 +369,7 @@ export async function parse(argv: string[]): Promise<ParseResult> {
       allowPositionals: false,
     }));
   } catch (err) {
+    if (err instanceof SparseDdError) throw err;
     const code = (err as { code?: string }).code;
     const msg = errorText(err);
     if (code === "ERR_PARSE_ARGS_UNKNOWN_OPTION") {
@@ -487,33 +540,75 @@ export async function parse(argv: string[]): Promise<ParseResult> {
   };
 }
 
-/** The `--help` text. */
+/** `text` cut into lines of at most `width` characters at spaces. */
+function wrap(text: string, width: number): string[] {
+  const out: string[] = [];
+  let line = "";
+  for (const word of text.split(" ")) {
+    if (line && line.length + 1 + word.length > width) {
+      out.push(line);
+      line = word;
+    } else line = line ? `${line} ${word}` : word;
+  }
+  out.push(line);
+  return out;
+}
+
+/** The `--help` text: main flags, then xapi's flags that have no effect, then diagnostics. */
 export function usage(): string {
   const lines = [
-    "Usage: sparse_dd -src PATH -dest PATH [-size BYTES] [-prezeroed] [-base PATH] [-machine] ...",
+    "Usage: sparse_dd -src SOURCE -dest DEST [-size BYTES] [-prezeroed] [-base PATH] [-machine] ...",
     "",
     "Copies BYTES from the source disk to the destination disk, reading only what is allocated",
-    "(VHD allocation tables, SEEK_DATA/SEEK_HOLE) and, when the destination is known to be zero",
-    "(-prezeroed, or a new file), writing only the 16 KiB quanta that hold data. Otherwise every",
-    "unallocated range is made zero on the destination. Nothing outside [0, BYTES) is written.",
+    "(VHD allocation tables, SEEK_DATA/SEEK_HOLE, NBD block status) and, when the destination is",
+    "known to be zero (-prezeroed, or a new file), writing only the 16 KiB pieces that hold data.",
+    "Otherwise every unallocated range is made zero on the destination. Nothing outside",
+    "[0, BYTES) is written.",
     "",
-    "Options (one dash or two; /etc/sparse_dd.conf and /etc/sparse_dd.conf.d/* set the same keys",
-    "as 'key = value' and win over the command line):",
+    ...wrap(
+      "Flags take one dash or two (-src or --src, -size 4G or --size=4G). BYTES is " +
+        BYTES_FORMAT + ".",
+      100,
+    ),
+    "/etc/sparse_dd.conf and /etc/sparse_dd.conf.d/* set the same names as 'key = value' lines",
+    "and win over the command line.",
   ];
-  for (const [name, spec] of Object.entries(FLAGS)) {
+  const entry = (name: string, spec: FlagSpec) => {
     const flag = `  -${name}${spec.arg ? ` ${spec.arg}` : ""}`;
-    const text = spec.inert ? `${spec.help} [accepted; no effect: ${spec.inert}]` : spec.help;
-    lines.push(flag.length < 30 ? `${flag.padEnd(30)}${text}` : `${flag}\n${"".padEnd(30)}${text}`);
+    const text = spec.inert ? `${spec.help} (no effect: ${spec.inert})` : spec.help;
+    const body = wrap(text, 100 - 30);
+    if (flag.length >= 30) lines.push(flag);
+    else lines.push(`${flag.padEnd(30)}${body.shift()}`);
+    for (const b of body) lines.push(`${"".padEnd(30)}${b}`);
+  };
+  const all = Object.entries(FLAGS);
+  const groups: Array<[string, Array<[string, FlagSpec]>]> = [
+    ["Flags:", all.filter(([n, s]) => !s.inert && !DIAGNOSTIC_FLAGS.has(n))],
+    [
+      "Accepted for compatibility with xapi's argv, without effect here (a note on stderr says so):",
+      all.filter(([, s]) => s.inert),
+    ],
+    [
+      "For tests, diagnosis and unusual hosts:",
+      all.filter(([n, s]) => !s.inert && DIAGNOSTIC_FLAGS.has(n)),
+    ],
+  ];
+  for (const [title, flags] of groups) {
+    if (flags.length === 0) continue;
+    lines.push("", title);
+    for (const [name, spec] of flags) entry(name, spec);
   }
   lines.push(
     "",
     "Examples:",
-    "  sparse_dd -src /dev/xvda -dest /dev/xvdb -size 10737418240 -prezeroed",
+    "  sparse_dd -src /dev/xvda -dest /dev/xvdb -size 10G -prezeroed",
     "      copy 10 GiB to a disk known to be all zeroes: zero runs are skipped.",
     "  sparse_dd -src /dev/xvda -dest /dev/xvdb",
     "      copy the whole of xvda; xvdb may hold anything, so unallocated ranges are zeroed.",
-    "  sparse_dd -src disk.raw -dest copy.raw",
-    "      copy a sparse file: only its data extents are read; copy.raw stays sparse.",
+    "  sparse_dd -src disk.raw -dest copy.raw -p",
+    "      copy a sparse file with a progress bar: only its data is read; copy.raw stays sparse.",
+    "  sparse_dd -src leaf.vhd -dest 'nbd+unix:///?socket=/run/nbd.sock'",
+    "      write the disk a VHD chain describes into an NBD export.",
     "  sparse_dd -src /dev/xvda -dest /dev/xvdb -base /dev/xvdc",
     "      xvdb already holds xvdc: copy only the blocks in which xvda differs from xvdc.",
     "  sparse_dd -machine -src /dev/sm/a -dest /dev/sm/b -size 4294967296 -good-ciphersuites X",

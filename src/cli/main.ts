@@ -7,7 +7,15 @@
 import { ExitCode, exitCodeOf, messageOf } from "../core/errors.ts";
 import { CopyAborted } from "../copy/copier.ts";
 import { parse, type ParseResult, usage } from "./flags.ts";
-import { failure, flushNotes, holdNotes, note, summary, writeAllSync } from "./output.ts";
+import {
+  failure,
+  failureReport,
+  flushNotes,
+  holdNotes,
+  note,
+  summary,
+  writeAllSync,
+} from "./output.ts";
 import { type Entry, runCopy } from "./run.ts";
 import { VERSION } from "../version.ts";
 
@@ -40,9 +48,30 @@ export async function main(argv: string[], entry: Entry = {}): Promise<number> {
   if (o.machine) holdNotes();
   for (const n of parsed.configNotes) note(n);
 
+  // A failed copy's stats say how it failed, so a stats file never shows an older success.
+  const started = performance.now();
+  const statsFileChecked = { ok: false };
+  const fail = (code: number, message: string): number => {
+    failure(message);
+    const json = JSON.stringify(
+      failureReport(o, code, message, (performance.now() - started) / 1000),
+    );
+    try {
+      // Only a stats file checked to be no disk, FIFO or the like (never onto a disk).
+      if (o.statsFile && statsFileChecked.ok) Deno.writeTextFileSync(o.statsFile, json + "\n");
+    } catch (err) {
+      failure(`cannot write the stats file ${o.statsFile}: ${messageOf(err)}`);
+    }
+    // With -machine, stderr keeps its one error line: the JSON goes to the stats file only.
+    if (o.json && !o.machine) writeAllSync(Deno.stdout, json + "\n");
+    return code;
+  };
+
   // SIGTERM (xapi's cancel) and SIGINT stop the copy between two steps: no end record is sent.
   const abort = new AbortController();
   let stoppedBy: "SIGINT" | "SIGTERM" | undefined;
+  const signalCode = (sig: string | undefined) =>
+    sig === "SIGINT" ? ExitCode.Interrupted : ExitCode.Terminated;
   const handlers = (["SIGINT", "SIGTERM"] as const).map((sig) => {
     const h = () => {
       stoppedBy ??= sig;
@@ -50,22 +79,21 @@ export async function main(argv: string[], entry: Entry = {}): Promise<number> {
       // The copy stops between steps; anything else (discovery waiting on tap-ctl, a stalled
       // NBD request) must not keep xapi waiting: leave after a grace period regardless.
       setTimeout(() => {
-        failure(`stopped by ${sig}; ${o.dest} is incomplete`);
-        Deno.exit(sig === "SIGINT" ? ExitCode.Interrupted : ExitCode.Terminated);
+        Deno.exit(fail(signalCode(sig), `stopped by ${sig}; ${o.dest} is incomplete`));
       }, 2000);
     };
     Deno.addSignalListener(sig, h);
     return [sig, h] as const;
   });
   try {
-    const report = await runCopy(o, abort.signal, entry);
+    const report = await runCopy(o, abort.signal, entry, statsFileChecked);
     const json = JSON.stringify(report);
     if (o.statsFile) {
       try {
         await Deno.writeTextFile(o.statsFile, json + "\n");
       } catch (err) {
         // Not a source error: the copy is done; only the stats are missing.
-        note(
+        failure(
           `the copy to ${o.dest} is complete, but the stats file ${o.statsFile} cannot be ` +
             `written: ${messageOf(err)}`,
         );
@@ -86,11 +114,12 @@ export async function main(argv: string[], entry: Entry = {}): Promise<number> {
   } catch (err) {
     if (err instanceof CopyAborted || stoppedBy) {
       const at = err instanceof CopyAborted ? ` at offset ${err.offset}` : "";
-      failure(`stopped by ${stoppedBy ?? "signal"}${at}; ${o.dest} is incomplete`);
-      return stoppedBy === "SIGINT" ? ExitCode.Interrupted : ExitCode.Terminated;
+      return fail(
+        signalCode(stoppedBy),
+        `stopped by ${stoppedBy ?? "signal"}${at}; ${o.dest} is incomplete`,
+      );
     }
-    failure(messageOf(err));
-    return exitCodeOf(err);
+    return fail(exitCodeOf(err), messageOf(err));
   } finally {
     for (const [sig, h] of handlers) Deno.removeSignalListener(sig, h);
     await flushNotes();

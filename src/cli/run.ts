@@ -22,7 +22,7 @@ import { FileDisk } from "../file/file_disk.ts";
 import { isNbdUri } from "../nbd/protocol.ts";
 import { HumanProgress, MachineProgress, NoProgress, type ProgressReporter } from "./progress.ts";
 import { DEVICE_THREADS, LANE_SEGMENT, type Options } from "./flags.ts";
-import { note, type Report } from "./output.ts";
+import { note, type Report, successReport } from "./output.ts";
 import { isRemoteUrl, redactSecrets } from "../http/url.ts";
 import { remoteOpenOptions } from "./remote_flags.ts";
 
@@ -70,6 +70,9 @@ export async function runCopy(
   o: Options,
   signal?: AbortSignal,
   entry: Entry = {},
+  /** Set once `-stats-file` is known to be no operand and safe to write (a failure's stats are
+   * written only then). */
+  statsFileChecked: { ok: boolean } = { ok: false },
 ): Promise<Report> {
   const machine = o.machine;
   if (o.inert.length > 0) note(`note: accepted but not applicable here: ${o.inert.join(", ")}`);
@@ -96,17 +99,20 @@ export async function runCopy(
   });
   const destEnd = await resolveEndpoint(o.dest, "destination", { sysfsRoot });
   const checkOperands = async () => {
+    statsFileChecked.ok = false;
     checkDistinct(srcEnd, destEnd, baseEnd);
     await checkNotOwnOutput(destEnd);
     if (o.statsFile !== undefined) {
       await checkStatsFile(o.statsFile, [srcEnd, destEnd, ...baseEnd ? [baseEnd] : []]);
     }
+    statsFileChecked.ok = true;
   };
   // Refused before anything is opened (and again below, once the VHD chains are known).
   await checkOperands();
   let src: OpenedSource | undefined;
   let dst: Disk | undefined;
   let lanes: LaneGroup | undefined;
+  let reporter: ProgressReporter | undefined;
   try {
     src = await openSource(srcEnd, openOpts).catch((err) => {
       throw tag(err, "source");
@@ -177,7 +183,7 @@ export async function runCopy(
       });
     }
     const prezeroed = !holdsBase && (o.prezeroed || dst.knownZero === true);
-    const reporter: ProgressReporter = machine
+    reporter = machine
       ? new MachineProgress((b) => {
         try {
           for (let off = 0; off < b.length;) off += Deno.stdout.writeSync(b.subarray(off));
@@ -191,7 +197,7 @@ export async function runCopy(
         }
       })
       : (o.progress === "bar" || (o.progress === "auto" && Deno.stderr.isTerminal()))
-      ? new HumanProgress()
+      ? new HumanProgress({ size, followResizes: true })
       : new NoProgress();
     const stats = await copy(src.disk, dst, {
       size,
@@ -202,7 +208,7 @@ export async function runCopy(
       quantum: o.quantum,
       signal,
       lanes,
-      onProgress: (done, total) => reporter.update(done, total),
+      onProgress: (done, total) => reporter?.update(done, total),
     });
     if (src.disk instanceof FileDisk) {
       // A file cut short where the copy read nothing (a hole) fails no read: it is still no copy.
@@ -223,19 +229,20 @@ export async function runCopy(
     await dst.close().catch((err) => {
       throw tag(err, "destination");
     });
-    const report: Report = {
+    const report = successReport({
       src: o.src,
       dest: redactSecrets(o.dest),
-      prezeroed,
       base: o.base ?? o.vhd.baseVhd ?? null,
+      prezeroed: o.prezeroed,
+      destinationKnownZero: prezeroed,
       allocation: alloc.route,
       allocatedExtents: alloc.extents?.count ?? null,
       discovery: alloc.discovery ?? null,
-      ...stats,
-    };
-    reporter.finish();
+    }, stats);
+    reporter?.finish();
     return report;
   } finally {
+    reporter?.close?.();
     lanes?.close();
     await src?.disk.close().catch(() => {});
     await dst?.close().catch(() => {});

@@ -7,6 +7,10 @@
 
 import { ExitCode, SparseDdError } from "../core/errors.ts";
 
+/** Byte counts: what `BYTES` may be (in `--help` and errors). */
+export const BYTES_FORMAT = "a whole number of bytes, or with a suffix K, M, G or T (powers of " +
+  "1024; KiB, MiB, GiB, TiB too): 4G = 4294967296";
+
 /**
  * Parses a byte count: a non-negative integer, optionally with a binary suffix
  * (`K`/`KiB`, `M`/`MiB`, `G`/`GiB`, `T`/`TiB`).
@@ -24,7 +28,7 @@ export function parseBytes(text: string, flag: string): number {
   if (!Number.isSafeInteger(n)) {
     throw new SparseDdError(
       ExitCode.Usage,
-      `invalid ${flag} value '${text}': expected a non-negative whole number of bytes`,
+      `invalid ${flag} value '${text}': expected ${BYTES_FORMAT}`,
     );
   }
   return n;
@@ -40,13 +44,19 @@ export function parseBool(text: string, flag: string): boolean {
   );
 }
 
-/** Parses a whole number and clamps it to `[min, max]`. */
+/** Parses a whole number in `[min, max]`; one outside is refused, not clamped. */
 export function parseInteger(text: string, flag: string, min: number, max: number): number {
   const n = /^-?\d+$/.test(text.trim()) ? Number(text) : NaN;
   if (!Number.isSafeInteger(n)) {
     throw new SparseDdError(ExitCode.Usage, `invalid ${flag} value '${text}': expected an integer`);
   }
-  return Math.min(max, Math.max(min, n));
+  if (n < min || n > max) {
+    throw new SparseDdError(
+      ExitCode.Usage,
+      `invalid ${flag} value '${text}': expected an integer from ${min} to ${max}`,
+    );
+  }
+  return n;
 }
 
 /**

@@ -2,7 +2,9 @@ import { deepStrictEqual, match, ok, strictEqual } from "node:assert/strict";
 import { parse } from "../../src/cli/flags.ts";
 import { parseBytes } from "../../src/cli/values.ts";
 import { ExitCode, SparseDdError } from "../../src/core/errors.ts";
+import { VERSION } from "../../src/version.ts";
 import {
+  MAIN,
   mainCommand,
   readMachineStream,
   runMain,
@@ -178,7 +180,60 @@ Deno.test("--json prints stats whose byte counts add up", async () => {
     strictEqual(s.allocation, "seek-data");
     strictEqual(s.dataBytes + s.zeroedBytes + s.skippedBytes + s.unchangedBytes, s.size);
     ok(s.bytesRead <= MiB, `read ${s.bytesRead}`);
-    ok(s.prezeroed, "a new file is known zero");
+    ok(s.destinationKnownZero, "a new file is known zero");
+    strictEqual(s.prezeroed, false, "-prezeroed was not given");
+    strictEqual(s.version, VERSION);
+    strictEqual(s.exitCode, 0);
+    strictEqual(s.error, null);
+    strictEqual(s.src, `${dir}/src`);
+    // Rates are of the bytes moved (seconds are rounded to ms, the rates are not).
+    ok(s.seconds >= 0.001, `${s.seconds}`);
+    ok(s.readRate <= Math.ceil(s.bytesRead / (s.seconds - 0.0005)), `readRate ${s.readRate}`);
+    ok(s.readRate >= Math.floor(s.bytesRead / (s.seconds + 0.0005)), `readRate ${s.readRate}`);
+    ok(s.readRate < s.throughput, "reading less than the disk is slower than covering it");
+    strictEqual(s.seconds, Math.round(s.seconds * 1000) / 1000);
+  });
+});
+
+Deno.test("--json and -stats-file report the paths made absolute, whatever the working directory", async () => {
+  await withTempDir(async (dir) => {
+    await makeSparse(`${dir}/src`, MiB, [[0, 4096]]);
+    const args = ["-src", "src", "-dest", "dst", "-stats-file", "s.json", ...NO_CONFIG];
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "--quiet", "--no-lock", MAIN, ...args],
+      cwd: dir,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    strictEqual(out.code, 0, new TextDecoder().decode(out.stderr));
+    const s = JSON.parse(await Deno.readTextFile(`${dir}/s.json`));
+    strictEqual(s.src, `${dir}/src`);
+    strictEqual(s.dest, `${dir}/dst`);
+  });
+});
+
+Deno.test("a failed copy still writes its stats: exitCode and the error line, and -json prints them", async () => {
+  await withTempDir(async (dir) => {
+    await makeSparse(`${dir}/src`, MiB, [[0, 4096]]);
+    // A stale success must not survive a failed copy.
+    await Deno.writeTextFile(`${dir}/s.json`, '{"exitCode":0}');
+    const res = await runMain([
+      "-src",
+      `${dir}/src`,
+      "-dest",
+      `${dir}/missing/dst`,
+      "-stats-file",
+      `${dir}/s.json`,
+      "-json",
+      ...NO_CONFIG,
+    ]);
+    strictEqual(res.code, ExitCode.Destination);
+    const s = JSON.parse(await Deno.readTextFile(`${dir}/s.json`));
+    strictEqual(s.exitCode, ExitCode.Destination);
+    strictEqual(s.version, VERSION);
+    match(s.error, /missing\/dst/);
+    strictEqual(`sparse_dd: ${s.error}\n`, res.stderr, "one stderr line, the same as the JSON's");
+    deepStrictEqual(JSON.parse(new TextDecoder().decode(res.stdout)), s);
   });
 });
 

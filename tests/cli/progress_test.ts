@@ -1,13 +1,18 @@
-import { deepStrictEqual, match, strictEqual } from "node:assert/strict";
+import { deepStrictEqual, match, ok, strictEqual } from "node:assert/strict";
 import { ExitCode } from "../../src/core/errors.ts";
 import {
   encodeRecord,
   END_RECORD,
+  endProgressLine,
+  formatBar,
   formatBytes,
+  formatDuration,
+  HumanProgress,
   MachineProgress,
   percentOf,
   RecordDecoder,
 } from "../../src/cli/progress.ts";
+import { Prng } from "../_support/prng.ts";
 import { mainCommand, readMachineStream, ROOT, sh, withTempDir } from "../_support/helpers.ts";
 
 function concat(parts: Uint8Array[]): Uint8Array {
@@ -44,6 +49,97 @@ Deno.test("percentOf never says 100 before the end and counts empty work as done
   strictEqual(percentOf(1000, 1000), 100);
   strictEqual(percentOf(0, 0), 100);
   strictEqual(formatBytes(3 * 1024 ** 3), "3.00 GiB");
+});
+
+const GiB = 1024 ** 3;
+
+Deno.test("the bar line never reaches the last column, at any width and state", () => {
+  const prng = new Prng(17);
+  const rand = () => prng.next();
+  for (let columns = 1; columns <= 200; columns++) {
+    for (let k = 0; k < 5; k++) {
+      const size = Math.floor(rand() * 20 * GiB);
+      const covered = Math.floor(rand() * size);
+      const text = formatBar({
+        covered,
+        size,
+        percent: percentOf(covered, size),
+        rate: k === 0 ? undefined : rand() * GiB,
+        elapsed: rand() * 100000,
+        columns,
+      });
+      ok(text.length <= Math.max(1, columns - 1), `${columns} columns: '${text}'`);
+      ok(!text.includes("\n") && !text.includes("\r"));
+    }
+  }
+});
+
+Deno.test("a wide bar shows done / total, percent, rate, ETA and elapsed; a narrow one the percent", () => {
+  const st = { covered: 4 * GiB, size: 10 * GiB, percent: 40, rate: 512 * 1024 ** 2, elapsed: 8 };
+  const wide = formatBar({ ...st, columns: 120 });
+  match(
+    wide,
+    /^\[#{16}\.{24}\] {2}40% {2}4\.00 GiB \/ 10\.00 GiB {2}512\.00 MiB\/s {2}ETA 0:12 {2}0:08$/,
+  );
+  const narrow = formatBar({ ...st, columns: 30 });
+  match(narrow, /^\[#+\.+\] {2}40% {2}ETA 0:12$/);
+  strictEqual(formatBar({ ...st, columns: 6 }), " 40%");
+  match(formatBar({ ...st, rate: undefined, columns: 120 }), /--\/s {2}ETA --:--/);
+  strictEqual(formatDuration(3725), "1:02:05");
+});
+
+function recorder(columns: { n: number }) {
+  const out: string[] = [];
+  let t = 0;
+  const p = new HumanProgress({
+    size: 10 * GiB,
+    sink: (b) => out.push(new TextDecoder().decode(b)),
+    columns: () => columns.n,
+    now: () => t,
+  });
+  return { out, p, tick: (ms: number) => (t += ms) };
+}
+
+Deno.test("each redraw returns to the line start and clears to its end (no debris)", () => {
+  const r = recorder({ n: 120 });
+  for (let i = 0; i <= 10; i++) {
+    r.tick(200);
+    r.p.update(i, 10);
+  }
+  r.p.finish();
+  ok(r.out.length >= 11);
+  for (const draw of r.out.slice(0, -1)) {
+    ok(draw.startsWith("\r") && draw.endsWith("\x1b[K"), JSON.stringify(draw));
+    ok(!/[\r\n]/.test(draw.slice(1)), JSON.stringify(draw));
+  }
+  strictEqual(r.out.at(-1), "\n");
+  match(r.out.at(-2)!, /100% {2}10\.00 GiB \/ 10\.00 GiB/);
+});
+
+Deno.test("the count is bytes of the disk covered, whatever part of it is work", () => {
+  const r = recorder({ n: 120 });
+  r.tick(200);
+  r.p.update(1, 4); // a quarter of the work: a quarter of the 10 GiB disk
+  match(r.out.at(-1)!, / 25% {2}2\.50 GiB \/ 10\.00 GiB/);
+  r.p.close();
+});
+
+Deno.test("any other stderr line first ends the bar's line; the bar comes back below it", () => {
+  const r = recorder({ n: 80 });
+  r.tick(200);
+  r.p.update(3, 10);
+  endProgressLine();
+  strictEqual(r.out.at(-1), "\n");
+  endProgressLine();
+  strictEqual(r.out.filter((x) => x === "\n").length, 1, "only one newline for an open line");
+  r.tick(200);
+  r.p.update(4, 10);
+  match(r.out.at(-1)!, /^\r.* 40%/);
+  r.p.close();
+  strictEqual(r.out.at(-1), "\n");
+  const before = r.out.length;
+  endProgressLine();
+  strictEqual(r.out.length, before, "a closed bar writes nothing more");
 });
 
 Deno.test("the progress reader follows xapi's framing across arbitrary chunk boundaries", () => {

@@ -41,8 +41,16 @@ async function copyJson(src: string, dest: string, flags: string[]) {
 
 /** Stats that must not differ between two copies of the same source. */
 function sameAcrossRuns(s: Record<string, unknown>) {
-  // Times, threads and the destination's name differ; everything else must not.
-  const { seconds: _s, throughput: _t, threads: _n, dest: _d, ...rest } = s;
+  // Times, rates, threads and the destination's name differ; everything else must not.
+  const {
+    seconds: _s,
+    throughput: _t,
+    readRate: _r,
+    writeRate: _w,
+    threads: _n,
+    dest: _d,
+    ...rest
+  } = s;
   return rest;
 }
 
@@ -116,19 +124,22 @@ Deno.test("a full destination in any thread is one error line naming the file an
   });
 });
 
-Deno.test("-threads takes a whole number, kept within 1 to 16 as -nice is kept within its range", async () => {
-  for (const bad of ["two", "1.5", ""]) {
+Deno.test("-threads takes a whole number from 1 to 16; one outside is refused, not clamped", async () => {
+  for (const bad of ["two", "1.5", "", "0", "99"]) {
     const res = await runMain(["-src", "/dev/null", "-dest", "/dev/null", "-threads", bad]);
     strictEqual(res.code, ExitCode.Usage, `${bad}: ${res.stderr}`);
     match(res.stderr, /invalid -threads value/);
   }
   await withTempDir(async (dir) => {
     await sparseRandom(`${dir}/src`, 80 * MiB, 4);
-    for (const n of ["0", "99"]) {
+    for (const n of ["1", "16"]) {
       const res = await runMain(["-src", `${dir}/src`, "-dest", `${dir}/out${n}`, "-threads", n]);
       strictEqual(res.code, 0, res.stderr);
       ok(await sameBytes(`${dir}/src`, `${dir}/out${n}`));
     }
+    const res = await runMain(["-src", `${dir}/src`, "-dest", `${dir}/out99`, "-threads", "99"]);
+    match(res.stderr, /expected an integer from 1 to 16/);
+    ok(!(await Deno.stat(`${dir}/out99`).then(() => true, () => false)), "nothing written");
   });
 });
 

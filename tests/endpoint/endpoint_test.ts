@@ -383,6 +383,10 @@ Deno.test("-base-format vhd reads a base whose name says nothing as a VHD; witho
     await a.save(`${dir}/a.vhd`);
     await b.save(`${dir}/b.vhd`);
     await Deno.copyFile(`${dir}/a.vhd`, `${dir}/base.img`); // the same layer (footer UUID)
+    // The destination holds the base already (a new, empty one could not: that is a full copy).
+    const held = new Uint8Array(4 * MiB);
+    held.fill(0xa1, 0, 2 * MiB);
+    await Deno.writeFile(`${dir}/d.raw`, held);
     const run = (extra: string[]) =>
       runMain([
         "-src",
