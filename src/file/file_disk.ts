@@ -25,7 +25,7 @@
  * @module
  */
 
-import { type Disk, DiskError, type DiskOp, type DiskView } from "../core/disk.ts";
+import { type Disk, DiskError, type DiskOp } from "../core/disk.ts";
 import { type Extent, ExtentSet } from "../core/extent.ts";
 import {
   EINVAL,
@@ -45,7 +45,6 @@ import {
   SYNC_FILE_RANGE_WAIT_BEFORE,
   SYNC_FILE_RANGE_WRITE,
 } from "./libc.ts";
-import { MappedFile } from "./mapping.ts";
 
 /** How to open a {@linkcode FileDisk}. */
 export interface FileOpenOptions {
@@ -77,8 +76,6 @@ interface Backend {
   truncate(size: number): Promise<void>;
   read(offset: number, buf: Uint8Array): Promise<void>;
   write(offset: number, buf: Uint8Array): Promise<void>;
-  /** Absent when bytes cannot be lent without copying. */
-  view?(offset: number, length: number, until?: number): Promise<DiskView | undefined>;
   /** Absent when there is no cheaper way than writing zeroes. */
   zero?(offset: number, length: number): Promise<void>;
   extents?(size: number): Extent[] | undefined;
@@ -210,6 +207,8 @@ class FdBackend implements Backend {
   /** Sector size of a block device, for BLKZEROOUT's alignment. */
   readonly #sector: number;
   #punch = true;
+  /** Cached bytes are read in place (`RWF_NOWAIT`) until the kernel says it cannot. */
+  #cachedReads = true;
 
   constructor(
     readonly c: Libc,
@@ -220,18 +219,11 @@ class FdBackend implements Backend {
     readonly isBlock: boolean,
     /** Buffered writes are pushed to the device as they go (see {@linkcode Writeback}). */
     readonly writeback: Writeback | undefined,
-    /** Lends pages by mapping them (a regular file read through the page cache). */
-    readonly mapped: MappedFile | undefined,
+    /** The file lives in memory (tmpfs): reads never wait for a device. */
+    readonly inMemory = false,
   ) {
     this.#sector = isBlock ? safe(() => c.blkSectorSize(fd), 512) : 512;
-    if (mapped) this.view = (offset, length, until) => mapped.view(offset, length, until);
   }
-
-  readonly view?: (
-    offset: number,
-    length: number,
-    until?: number,
-  ) => Promise<DiskView | undefined>;
 
   get direct(): boolean {
     return this.directFd !== undefined;
@@ -261,8 +253,35 @@ class FdBackend implements Backend {
     return d;
   }
 
+  /**
+   * Reads what can be read without waiting for a device into `buf`, on this thread: all of it
+   * from a memory file system, else what the page cache holds (`RWF_NOWAIT`). Returns the bytes
+   * read (0 at end of file).
+   */
+  #readHere(buf: Uint8Array, offset: number): number {
+    let done = 0;
+    while (done < buf.length) {
+      let n: number | undefined;
+      if (this.inMemory) {
+        n = this.c.preadSync(this.fd, buf.subarray(done), offset + done);
+      } else if (this.#cachedReads) {
+        n = this.c.preadCached(this.fd, buf.subarray(done), offset + done);
+        if (n === undefined) this.#cachedReads = false;
+      }
+      if (!n) break;
+      done += n;
+    }
+    return done;
+  }
+
   async read(offset: number, buf: Uint8Array): Promise<void> {
     const fd = this.#fdFor(offset, buf);
+    // Buffered reads of what is in memory are done here and now: a trip through the thread pool
+    // costs this thread more than the copy itself (BENCHMARKS.md). The rest is read on the pool,
+    // so that a read from the device overlaps the copier's work.
+    const here = fd === this.fd ? this.#readHere(buf, offset) : 0;
+    if (here === buf.length) return;
+    if (here > 0) return await this.c.preadAll(fd, buf.subarray(here), offset + here);
     try {
       await this.c.preadAll(fd, buf, offset);
     } catch (err) {
@@ -367,7 +386,6 @@ class FdBackend implements Backend {
   }
 
   close(): void {
-    this.mapped?.close();
     if (this.directFd !== undefined) safe(() => this.c.close(this.directFd!), undefined);
     this.c.close(this.fd);
   }
@@ -477,15 +495,6 @@ export class FileDisk implements Disk {
    */
   readonly zeroIsCheap: boolean;
   /**
-   * Present on a regular file read through the page cache: its pages are lent by mapping them,
-   * not copied (see {@linkcode Disk.view}).
-   */
-  readonly view?: (
-    offset: number,
-    length: number,
-    until?: number,
-  ) => Promise<DiskView | undefined>;
-  /**
    * Writes the copier keeps in flight: several with `O_DIRECT` (each waits for the device, which
    * serves them in parallel), else one (a buffered write is a copy done in place, and writeback
    * is paced by {@linkcode Writeback}).
@@ -513,11 +522,6 @@ export class FileDisk implements Disk {
         });
     }
     this.zeroIsCheap = this.zero !== undefined && (!isBlockDevice || zeroOffloaded);
-    const lend = backend.view?.bind(backend);
-    // A failure to map is not an error: the caller reads instead and reports what that says.
-    if (lend) {
-      this.view = (offset, length, until) => lend(offset, length, until).catch(() => undefined);
-    }
     this.writeQueueDepth = writable ? backend.queueDepth : 1;
   }
 
@@ -650,15 +654,12 @@ function openBackend(
   // Unset -unbuffered: buffered writes that are pushed out as they go. Measured on ext4: 30%
   // faster to durable than O_DIRECT (whose writes into holes serialise on the inode lock) and
   // 3-4x faster than writing everything and then one fdatasync.
-  const writeback = write && unbuffered === undefined && directFd === undefined
+  const inMemory = !isBlock && c.inMemory(fd);
+  const writeback = write && unbuffered === undefined && directFd === undefined && !inMemory
     ? new Writeback(c, fd)
     : undefined;
   // 4096 satisfies every logical block size in use (512 and 4096).
-  // A regular file read through the page cache lends its pages instead of copying them.
-  const mapped = !write && !isBlock && directFd === undefined
-    ? new MappedFile(c, fd, c.size(fd))
-    : undefined;
-  return new FdBackend(c, fd, directFd, 4096, isBlock, writeback, mapped);
+  return new FdBackend(c, fd, directFd, 4096, isBlock, writeback, inMemory);
 }
 
 /** Walks SEEK_DATA/SEEK_HOLE on an open descriptor; `undefined` where unsupported. */

@@ -85,6 +85,9 @@ export const MADV_DONTNEED = 4;
 /** `madvise` advice: fault the pages in now; failure is an error return, never SIGBUS. */
 export const MADV_POPULATE_READ = 22;
 
+/** `preadv2` flag: fail with EAGAIN instead of waiting for the device (data not cached). */
+export const RWF_NOWAIT = 8;
+
 /** `sync_file_range` flag: first wait for writeback already under way in the range. */
 export const SYNC_FILE_RANGE_WAIT_BEFORE = 1;
 /** `sync_file_range` flag: start writeback of the range's dirty pages, do not wait. */
@@ -101,10 +104,17 @@ export const BLKZEROOUT = 0x127f;
 /** ioctl: discard a byte range `{start, length}` (u64[2]) of a block device. */
 export const BLKDISCARD = 0x1277;
 
+/** `statfs` `f_type` of tmpfs. */
+const TMPFS_MAGIC = 0x01021994n;
+/** `statfs` `f_type` of ramfs. */
+const RAMFS_MAGIC = 0x858458f6n;
+
 /** errno: interrupted system call. */
 export const EINTR = 4;
 /** errno: no such device or address (`SEEK_DATA` past the last data). */
 export const ENXIO = 6;
+/** errno: try again (`RWF_NOWAIT`: the data is not cached). */
+export const EAGAIN = 11;
 /** errno: invalid argument. */
 export const EINVAL = 22;
 /** errno: not a tty (an ioctl the file does not support). */
@@ -174,6 +184,11 @@ const SYMBOLS = {
     result: "isize",
     nonblocking: true,
   },
+  preadv2: {
+    name: "preadv64v2",
+    parameters: ["i32", "buffer", "i32", "i64", "i32"],
+    result: "isize",
+  },
   pwrite: { name: "pwrite64", parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
   pwriteAsync: {
     name: "pwrite64",
@@ -181,6 +196,7 @@ const SYMBOLS = {
     result: "isize",
     nonblocking: true,
   },
+  fstatfs: { name: "fstatfs64", parameters: ["i32", "buffer"], result: "i32" },
   lseek: { name: "lseek64", parameters: ["i32", "i64", "i32"], result: "i64" },
   ioctl: { parameters: ["i32", "u64", "buffer"], result: "i32" },
   ioctlAsync: {
@@ -257,6 +273,8 @@ export class Libc {
   readonly #s: Symbols;
   readonly #range = new BigUint64Array(2);
   readonly #u64 = new BigUint64Array(1);
+  /** One `struct iovec`: base address, length. */
+  readonly #iov = new BigUint64Array(2);
 
   /** @internal Use {@linkcode libc}. */
   constructor(symbols: Symbols) {
@@ -316,6 +334,25 @@ export class Libc {
     }
   }
 
+  /**
+   * One `preadv2(2)` with {@linkcode RWF_NOWAIT}, on this thread: the bytes the page cache holds
+   * at `offset` (a short count), 0 when the first of them is not cached (or at end of file), and
+   * `undefined` when the file or kernel cannot tell (then read with {@linkcode Libc.pread}).
+   * Reading cached data in place costs less than a trip through the thread pool.
+   */
+  preadCached(fd: number, buf: Uint8Array, offset: number): number | undefined {
+    const iov = this.#iov;
+    iov[0] = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buf)));
+    iov[1] = BigInt(buf.length);
+    for (;;) {
+      const n = this.#s.preadv2(fd, iov, 1, BigInt(offset), RWF_NOWAIT);
+      if (n >= 0) return Number(n);
+      const e = this.errno();
+      if (e === EAGAIN) return 0;
+      if (e !== EINTR) return undefined;
+    }
+  }
+
   /** One synchronous `pwrite(2)`; returns the byte count. */
   pwriteSync(fd: number, buf: Uint8Array, offset: number): number {
     for (;;) {
@@ -358,6 +395,17 @@ export class Libc {
     while (done < buf.length) {
       done += await this.pwrite(fd, buf.subarray(done), offset + done);
     }
+  }
+
+  /**
+   * True when `fd`'s file system keeps files in memory (tmpfs, ramfs: `fstatfs`'s `f_type`): a
+   * read never waits for a device, and there is no writeback to pace.
+   */
+  inMemory(fd: number): boolean {
+    // struct statfs64 starts with f_type (a long) on x86_64 and aarch64; 120 bytes in all.
+    const st = new BigInt64Array(16);
+    if (this.#s.fstatfs(fd, st) !== 0) return false;
+    return st[0] === TMPFS_MAGIC || st[0] === RAMFS_MAGIC;
   }
 
   /** `lseek(2)`; returns the new offset. */

@@ -1,6 +1,14 @@
-import { match, ok, strictEqual } from "node:assert/strict";
+import { match, ok, rejects, strictEqual } from "node:assert/strict";
+import { copy } from "../../src/copy/copier.ts";
+import { DiskError, MemoryDisk } from "../../src/core/disk.ts";
 import { FileDisk, seekDataExtents, Writeback } from "../../src/file/file_disk.ts";
-import { type Libc, SYNC_FILE_RANGE_WRITE } from "../../src/file/libc.ts";
+import {
+  type Libc,
+  libc,
+  O_RDONLY,
+  POSIX_FADV_DONTNEED,
+  SYNC_FILE_RANGE_WRITE,
+} from "../../src/file/libc.ts";
 import { ExitCode } from "../../src/core/errors.ts";
 import {
   allocatedBytes,
@@ -465,4 +473,66 @@ Deno.test("writeback hands ranges to the device one call at a time, in the order
     }
     ok(c.dropped.length > 0, `seed ${seed}: retired ranges dropped`);
   }
+});
+
+/** Runs `fn` in a new directory on disk (the test's temporary directory) and one on tmpfs. */
+async function onDiskAndInMemory(fn: (dir: string) => Promise<void>): Promise<void> {
+  await withTempDir(fn);
+  const dir = await Deno.makeTempDir({ dir: "/dev/shm", prefix: "sparse_dd_test_" });
+  try {
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}
+
+Deno.test("a source cut short during a copy is reported as a read error at its offset", async () => {
+  await onDiskAndInMemory(async (dir) => {
+    const p = `${dir}/src`;
+    await Deno.writeFile(p, new Uint8Array(8 * MiB).fill(3));
+    const src = await FileDisk.open(p);
+    await Deno.truncate(p, 3 * MiB);
+    try {
+      await rejects(
+        copy(src, new MemoryDisk(8 * MiB), { size: 8 * MiB, prezeroed: true }),
+        (e) =>
+          e instanceof DiskError && e.op === "read" && e.role === "source" &&
+          e.offset !== undefined && e.offset >= 2 * MiB && e.offset <= 3 * MiB &&
+          e.message.includes(p),
+      );
+    } finally {
+      await src.close();
+    }
+  });
+});
+
+Deno.test("a source partly in the page cache reads whole: cached bytes in place, the rest from the disk", async () => {
+  await onDiskAndInMemory(async (dir) => {
+    const c = libc()!;
+    const r = new Prng(18);
+    for (let round = 0; round < 4; round++) {
+      const p = `${dir}/src${round}`;
+      const data = r.fill(new Uint8Array(8 * MiB));
+      await Deno.writeFile(p, data);
+      // Drop random pieces from the page cache (clean pages go; tmpfs keeps them all).
+      const fd = c.open(p, O_RDONLY);
+      await c.fdatasync(fd);
+      for (let i = 0; i < 16; i++) {
+        c.fadvise(fd, r.int(8 * MiB), r.int(MiB), POSIX_FADV_DONTNEED);
+      }
+      c.close(fd);
+      const src = await FileDisk.open(p);
+      try {
+        const buf = scanBuffer(8 * MiB);
+        for (let at = 0; at < 8 * MiB;) {
+          const n = Math.min(8 * MiB - at, 1 + r.int(3 * MiB));
+          await src.read(at, buf.subarray(at, at + n));
+          at += n;
+        }
+        ok(Buffer.from(buf).equals(Buffer.from(data)), `round ${round}`);
+      } finally {
+        await src.close();
+      }
+    }
+  });
 });
