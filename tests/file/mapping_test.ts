@@ -1,10 +1,7 @@
 import { Buffer } from "node:buffer";
-import { ok, rejects, strictEqual } from "node:assert/strict";
+import { ok, strictEqual } from "node:assert/strict";
 import { libc, O_RDONLY } from "../../src/file/libc.ts";
 import { MappedFile } from "../../src/file/mapping.ts";
-import { FileDisk } from "../../src/file/file_disk.ts";
-import { copy } from "../../src/copy/copier.ts";
-import { DiskError, MemoryDisk } from "../../src/core/disk.ts";
 import { isZero } from "../../src/copy/quantum.ts";
 import { withTempDir } from "../_support/helpers.ts";
 import { Prng } from "../_support/prng.ts";
