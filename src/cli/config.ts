@@ -7,7 +7,7 @@
  * @module
  */
 
-import { posix } from "node:path";
+import { basename, dirname } from "../core/path.ts";
 import { ExitCode, SparseDdError } from "../core/errors.ts";
 
 /** The system configuration file. */
@@ -83,7 +83,7 @@ export async function loadConfig(file: string, dir: string = file + ".d"): Promi
   // both usually sit in one directory, listed once.
   const listings = new Map<string, Set<string> | undefined>();
   const present = (path: string) => {
-    const parent = posix.dirname(path);
+    const parent = dirname(path);
     if (!listings.has(parent)) {
       let names: Set<string> | undefined;
       try {
@@ -93,7 +93,7 @@ export async function loadConfig(file: string, dir: string = file + ".d"): Promi
       }
       listings.set(parent, names);
     }
-    return listings.get(parent)?.has(posix.basename(path)) ?? true;
+    return listings.get(parent)?.has(basename(path)) ?? true;
   };
   if (present(file)) await readOne(file);
   let names: string[] = [];

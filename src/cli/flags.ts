@@ -6,7 +6,7 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
+import { parseArgs } from "./args.ts";
 import { ExitCode, SparseDdError } from "../core/errors.ts";
 import { DEFAULT_CONFIG, loadConfig } from "./config.ts";
 import {
@@ -203,7 +203,7 @@ export type ParseResult =
 
 /**
  * Rewrites `-name value` / `--name value` / `--name=value` into `--name=value` for known flags,
- * so that `node:util` parseArgs sees long options and values that start with `-` (a negative
+ * so that parseArgs (args.ts) sees long options and values that start with `-` (a negative
  * `-size`) are kept as values. Unknown names are left for parseArgs to reject.
  */
 function normalise(argv: string[]): string[] {
