@@ -451,7 +451,7 @@ export function usage(): string {
     "",
     "Copies BYTES from the source disk to the destination disk, reading only what is allocated",
     "(VHD allocation tables, SEEK_DATA/SEEK_HOLE) and, when the destination is known to be zero",
-    "(-prezeroed, or a new file), writing only the 16 KiB quanta that hold data. Otherwise every",
+    "(-prezeroed, or a new file), writing only the 4 KiB quanta that hold data. Otherwise every",
     "unallocated range is made zero on the destination. Nothing outside [0, BYTES) is written.",
     "",
     "Options (one dash or two; /etc/sparse_dd.conf and /etc/sparse_dd.conf.d/* set the same keys",

@@ -22,7 +22,7 @@ export interface CopyOptions {
   prezeroed: boolean;
   /** Ranges the destination already holds (`-base`): left alone. */
   unchanged?: ExtentSet;
-  /** Zero-scan quantum in bytes (default 16 KiB). */
+  /** Zero-scan quantum in bytes (default 4 KiB). */
   quantum?: number;
   /** Largest read or write in bytes (default 2 MiB). */
   chunkSize?: number;

@@ -10,6 +10,7 @@ import {
   runSteps,
   type StepCounts,
 } from "../../src/copy/copier.ts";
+import { DEFAULT_QUANTUM } from "../../src/copy/quantum.ts";
 import { type Plan, planCopy, planWork } from "../../src/copy/plan.ts";
 import { type Disk, DiskError, MemoryDisk } from "../../src/core/disk.ts";
 import { type Extent, ExtentSet } from "../../src/core/extent.ts";
@@ -137,11 +138,12 @@ Deno.test("a prezeroed destination receives only whole quanta that hold data", a
   const size = 1 << 20;
   const data = new Uint8Array(size);
   data[100] = 1; // quantum 0
-  data[5 * 16384 + 7] = 2; // quantum 5
+  const q = DEFAULT_QUANTUM;
+  data[5 * q + 7] = 2; // quantum 5
   const dst = new Recording(new MemoryDisk(size));
   const stats = await copy(MemoryDisk.from(data), dst, { size, prezeroed: true });
-  deepStrictEqual(dst.touched, [{ start: 0, length: 16384 }, { start: 5 * 16384, length: 16384 }]);
-  strictEqual(stats.skippedBytes, size - 2 * 16384);
+  deepStrictEqual(dst.touched, [{ start: 0, length: q }, { start: 5 * q, length: q }]);
+  strictEqual(stats.skippedBytes, size - 2 * q);
 });
 
 Deno.test("nothing is written outside [0, size) of a larger destination", async () => {

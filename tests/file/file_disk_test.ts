@@ -21,8 +21,11 @@ import {
 import { Prng } from "../_support/prng.ts";
 import { Buffer } from "node:buffer";
 import { scanBuffer } from "../../src/copy/zeroscan.ts";
+import { DEFAULT_QUANTUM } from "../../src/copy/quantum.ts";
 
 const MiB = 1024 * 1024;
+/** The default zero-scan quantum. */
+const Q = DEFAULT_QUANTUM;
 const GiB = 1024 * MiB;
 const NO_CONFIG = ["-config", "/nonexistent/sparse_dd.conf"];
 /** st_blocks also counts the filesystem's extent-tree blocks: allow 1 MiB of them per GiB. */
@@ -76,7 +79,7 @@ Deno.test("a 1 GiB sparse file copies identically to a fresh file no more alloca
     await writeAt(src, writes);
     const quanta = new Set<number>();
     for (const [at, data] of writes) {
-      for (let q = Math.floor(at / 16384); q * 16384 < at + data.length; q++) quanta.add(q);
+      for (let q = Math.floor(at / Q); q * Q < at + data.length; q++) quanta.add(q);
     }
     const res = await runMain(["-src", src, "-dest", `${dir}/copy.raw`, "--json", ...NO_CONFIG]);
     strictEqual(res.code, 0, res.stderr);
@@ -85,7 +88,7 @@ Deno.test("a 1 GiB sparse file copies identically to a fresh file no more alloca
     ok(s.bytesRead <= (await allocatedBytes(src)), `read ${s.bytesRead}`);
     const dstAlloc = await allocatedBytes(`${dir}/copy.raw`);
     ok(
-      dstAlloc <= quanta.size * 16384 + METADATA_SLACK,
+      dstAlloc <= quanta.size * Q + METADATA_SLACK,
       `destination allocates ${dstAlloc} > ${quanta.size} non-zero quanta`,
     );
   });
@@ -104,7 +107,7 @@ Deno.test("a 1 GiB dense file with zero runs becomes a sparse copy holding only 
       for (let q = 0; q < block.length; q += 65536) {
         if (r.chance(0.2)) {
           block.fill(1 + r.int(255), q, q + 65536);
-          nonZeroQuanta += 65536 / 16384;
+          nonZeroQuanta += 65536 / Q;
         }
       }
       await f.write(block);
@@ -115,11 +118,11 @@ Deno.test("a 1 GiB dense file with zero runs becomes a sparse copy holding only 
     strictEqual(res.code, 0, res.stderr);
     ok(await sameBytes(src, `${dir}/copy.raw`), "cmp");
     const s = json(res);
-    strictEqual(s.dataBytes, nonZeroQuanta * 16384);
+    strictEqual(s.dataBytes, nonZeroQuanta * Q);
     const dstAlloc = await allocatedBytes(`${dir}/copy.raw`);
     ok(
-      dstAlloc <= nonZeroQuanta * 16384 + METADATA_SLACK,
-      `destination allocates ${dstAlloc} > ${nonZeroQuanta * 16384}`,
+      dstAlloc <= nonZeroQuanta * Q + METADATA_SLACK,
+      `destination allocates ${dstAlloc} > ${nonZeroQuanta * Q}`,
     );
   });
 });
@@ -167,7 +170,7 @@ Deno.test("a prezeroed loop device destination gets only the data", async () => 
       withLoop(`${dir}/b.img`, async (b) => {
         const res = await runMain(["-src", a, "-dest", b, "-prezeroed", "--json", ...NO_CONFIG]);
         strictEqual(res.code, 0, res.stderr);
-        strictEqual(json(res).dataBytes, 2 * 16384);
+        strictEqual(json(res).dataBytes, Math.ceil(20000 / Q) * Q);
       }));
     ok(await sameBytes(`${dir}/a.img`, `${dir}/b.img`));
   });
