@@ -67,7 +67,8 @@ export function chartSvg(title: string, rows: readonly ChartRow[]): string {
   const plotW = 420;
   const right = 90;
   const top = 44;
-  const width = nameW + plotW + right;
+  // Wide enough for the title too (about 9.5 px per character of 15 px bold sans-serif).
+  const width = Math.max(nameW + plotW + right, Math.ceil(24 + title.length * 9.5));
   const height = top + rows.length * rowH + 40;
   const finite = rows.flatMap((r) => [r.median, r.max]).filter((x) => Number.isFinite(x));
   const axisMax = niceCeiling(finite.length ? Math.max(...finite) : 1);

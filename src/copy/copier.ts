@@ -388,23 +388,15 @@ export async function runSteps(
   };
 
   // Buffers live in WebAssembly memory (page aligned: fit for O_DIRECT, scanned in place by
-  // SIMD) and cycle through a pool: `depth` being read, up to `writeDepth` being written. A
-  // source that lends its bytes (a mapped file) needs no buffer: the pages are scanned and
-  // written from where they are.
+  // SIMD) and cycle through a pool: `depth` being read, up to `writeDepth` being written.
   const pool: Uint8Array[] = [];
   const take = () => pool.pop() ?? scanBuffer(chunk);
   interface Loaded {
     bytes: Uint8Array;
-    isZero?: (buf: Uint8Array, start: number, end: number) => boolean;
-    /** Returns the buffer to the pool, or the lent bytes to the source. */
+    /** Returns the buffer to the pool. */
     done(): void;
   }
   const load = async (step: Step): Promise<Loaded> => {
-    const lent = await src.view?.(step.start, step.length, step.until);
-    if (lent) {
-      const isZero = lent.isZero?.bind(lent);
-      return { bytes: lent.bytes, isZero, done: () => lent.release() };
-    }
     const buf = take();
     try {
       await src.read(step.start, buf.subarray(0, step.length));
@@ -419,8 +411,8 @@ export async function runSteps(
     read?: Promise<Loaded>;
   }
   const queue: Pending[] = [];
-  // Data steps queued (being read, or read and waiting): each holds a buffer or a mapping, so
-  // this bounds memory to (depth + writeDepth + 1) chunks whatever the disk size.
+  // Data steps queued (being read, or read and waiting): each holds a buffer, so this bounds
+  // memory to (depth + writeDepth + 1) chunks whatever the disk size.
   let readsQueued = 0;
   const all = planSteps(run, chunk, Math.max(chunk, 64 * MiB));
   const steps = lanes ? claimedSteps(all, lanes.segment, () => lanes.claim()) : all;
@@ -469,7 +461,7 @@ export async function runSteps(
         stats.bytesRead += step.length;
         refill();
         if (run.scan) {
-          const runs = nonZeroRuns(view, quantum, step.start, loaded.isZero);
+          const runs = nonZeroRuns(view, quantum, step.start);
           let covered = 0;
           for (const r of runs) covered += r.length;
           stats.dataBytes += covered;

@@ -48,9 +48,7 @@ export function nonZeroRuns(
   buf: Uint8Array,
   quantum: number = DEFAULT_QUANTUM,
   diskOffset = 0,
-  zeroTest?: (buf: Uint8Array, start: number, end: number) => boolean,
 ): Extent[] {
-  if (zeroTest) return runsWith(buf, quantum, diskOffset, zeroTest);
   const runs: Extent[] = [];
   const len = buf.length;
   // The first quantum may be cut by the buffer's start; from `head` on, quanta are whole.
@@ -73,35 +71,5 @@ export function nonZeroRuns(
     runs.push({ start, length: end - start });
     pos = end;
   }
-  return runs;
-}
-
-/** The quantum-by-quantum walk, for a caller-supplied zero test. */
-function runsWith(
-  buf: Uint8Array,
-  quantum: number,
-  diskOffset: number,
-  zeroTest: (buf: Uint8Array, start: number, end: number) => boolean,
-): Extent[] {
-  const runs: Extent[] = [];
-  const len = buf.length;
-  let runStart = -1;
-  let pos = 0;
-  while (pos < len) {
-    const next = Math.min(
-      len,
-      (Math.floor((diskOffset + pos) / quantum) + 1) * quantum - diskOffset,
-    );
-    if (zeroTest(buf, pos, next)) {
-      if (runStart >= 0) {
-        runs.push({ start: runStart, length: pos - runStart });
-        runStart = -1;
-      }
-    } else if (runStart < 0) {
-      runStart = pos;
-    }
-    pos = next;
-  }
-  if (runStart >= 0) runs.push({ start: runStart, length: len - runStart });
   return runs;
 }

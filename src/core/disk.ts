@@ -37,13 +37,6 @@ export interface Disk {
   /** Writes all of `buf` at `offset`. */
   write(offset: number, buf: Uint8Array): Promise<void>;
   /**
-   * The bytes of `[offset, offset + length)` lent without copying them (a memory-mapped file), or
-   * `undefined` when that cannot be done right now: the caller then uses `read`, which reports
-   * any error. `until`: the caller will go on asking for the bytes up to there, so the disk may
-   * prepare that much at once. Absent on disks that never lend.
-   */
-  view?(offset: number, length: number, until?: number): Promise<DiskView | undefined>;
-  /**
    * The ranges that may hold non-zero data; everything else reads as zero. `undefined` means
    * unknown (treat everything as allocated). Absent on disks that cannot tell.
    */
@@ -61,16 +54,6 @@ export interface Disk {
   flush(): Promise<void>;
   /** Releases the disk. Idempotent. */
   close(): Promise<void>;
-}
-
-/** Bytes of a disk lent by {@linkcode Disk.view}. */
-export interface DiskView {
-  /** The bytes, read only; valid until `release()`. */
-  readonly bytes: Uint8Array;
-  /** Gives the memory back. `bytes` must not be touched afterwards (it may be unmapped). */
-  release(): void;
-  /** A faster test for zero bytes in `bytes` than the copier's own, where the lender has one. */
-  isZero?(buf: Uint8Array, start: number, end: number): boolean;
 }
 
 /** What went wrong, for the exit code: see `ExitCode` in `errors.ts`. */

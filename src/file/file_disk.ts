@@ -2,15 +2,19 @@
  * Files and block devices as {@linkcode Disk}s.
  *
  * With FFI (the tool runs with `-A`) every disk is a libc file descriptor with no shared file
- * position, so calls may overlap freely. Reads run on Deno's blocking thread pool (`pread`), so
- * the copier's next reads proceed on the second core while the current block is scanned and
- * written. How writes go depends on `-unbuffered` (measured on ext4 over a virtio disk, timed
+ * position, so calls may overlap freely. Buffered reads of what is in memory (the page cache's
+ * pages, `preadv2` with `RWF_NOWAIT`, or anything on tmpfs) are done in place on the copier's
+ * thread: a trip through Deno's thread pool costs that thread more than the copy. Other reads
+ * run on the pool (`pread`), so the copier's next reads proceed on the second core while the
+ * current block is scanned and written. (Mapping the source instead, to save that copy, cost
+ * 2-4 times the CPU: BENCHMARKS.md, "Where the CPU goes".) How writes go depends on `-unbuffered` (measured on ext4 over a virtio disk, timed
  * until the data is durable; see BENCHMARKS.md):
  *
  * - unset (the default): on a regular file, buffered `pwrite`s done in place, each 2 MiB of
  *   written range handed to the device at once (`sync_file_range`), at most 32 MiB in flight,
  *   and written ranges dropped from the page cache: as fast as anything measured, and dom0's
- *   page cache is not flooded; on a block device, `O_DIRECT` as with `true`;
+ *   page cache is not flooded (on tmpfs there is no device: plain writes); on a block device,
+ *   `O_DIRECT` as with `true`;
  * - `true`: an extra `O_DIRECT` descriptor serves every aligned read and write (as xapi's own
  *   sparse_dd); unaligned requests take the buffered descriptor;
  * - `false`: plain buffered I/O and one `fdatasync` at the end.

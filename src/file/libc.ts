@@ -76,15 +76,6 @@ export const POSIX_FADV_SEQUENTIAL = 2;
 /** `posix_fadvise` advice: the range will not be needed again (drop it from the cache). */
 export const POSIX_FADV_DONTNEED = 4;
 
-/** `mmap` protection: pages may be read. */
-export const PROT_READ = 1;
-/** `mmap` flag: share the file's pages (the page cache itself, no copy). */
-export const MAP_SHARED = 1;
-/** `madvise` advice: drop the range's pages from this mapping (the page cache keeps them). */
-export const MADV_DONTNEED = 4;
-/** `madvise` advice: fault the pages in now; failure is an error return, never SIGBUS. */
-export const MADV_POPULATE_READ = 22;
-
 /** `preadv2` flag: fail with EAGAIN instead of waiting for the device (data not cached). */
 export const RWF_NOWAIT = 8;
 
@@ -227,20 +218,6 @@ const SYMBOLS = {
     parameters: ["i32", "i64", "i64", "i32"],
     result: "i32",
   },
-  mmap: {
-    name: "mmap64",
-    parameters: ["pointer", "usize", "i32", "i32", "i32", "i64"],
-    result: "pointer",
-  },
-  munmap: { parameters: ["pointer", "usize"], result: "i32" },
-  memcmp: { parameters: ["buffer", "buffer", "usize"], result: "i32" },
-  madvise: { parameters: ["pointer", "usize", "i32"], result: "i32" },
-  madviseAsync: {
-    name: "madvise",
-    parameters: ["pointer", "usize", "i32"],
-    result: "i32",
-    nonblocking: true,
-  },
   __errno_location: { parameters: [], result: "pointer" },
   strerror: { parameters: ["i32"], result: "pointer" },
 } as const satisfies Deno.ForeignLibraryInterface;
@@ -248,8 +225,6 @@ const SYMBOLS = {
 type Symbols = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
 
 const encoder = new TextEncoder();
-/** Bytes compared per `memcmp` call by {@linkcode Libc.isZero}. */
-const ZERO_COMPARE = 65536;
 
 /**
  * The libc calls, bound to one `dlopen` handle. Obtain it with {@linkcode libc}.
@@ -514,64 +489,6 @@ export class Libc {
     if (this.#s.sync_file_range(fd, BigInt(offset), BigInt(length), flags) !== 0) {
       this.#fail("sync_file_range");
     }
-  }
-
-  /**
-   * Maps `length` bytes of `fd` at `offset` (a multiple of the page size) read-only and shared:
-   * the page cache's own pages, not a copy. `null` when the file cannot be mapped. Nothing is
-   * read yet: {@linkcode Libc.populate} a range before touching it. Release with
-   * {@linkcode Libc.munmap}.
-   */
-  mmap(fd: number, offset: number, length: number): Deno.PointerObject | null {
-    const p = this.#s.mmap(null, BigInt(length), PROT_READ, MAP_SHARED, fd, BigInt(offset));
-    // MAP_FAILED is (void *)-1.
-    if (p === null || Deno.UnsafePointer.value(p) === 0xffffffffffffffffn) return null;
-    return p;
-  }
-
-  /**
-   * Faults in `length` bytes of a mapping at `p` (page aligned) on another thread
-   * (`MADV_POPULATE_READ`): false when that fails, e.g. on an I/O error or past the end of the
-   * file. Touching pages that failed would raise SIGBUS; after this succeeds they are present.
-   */
-  async populate(p: Deno.PointerObject, length: number): Promise<boolean> {
-    return await this.#s.madviseAsync(p, BigInt(length), MADV_POPULATE_READ) === 0;
-  }
-
-  #zeroes?: Uint8Array;
-  readonly #lengths = new Map<number, bigint>();
-
-  /**
-   * True when `buf[start, end)` is all zero, by libc's `memcmp` against zeroes: for memory the
-   * WebAssembly scanner cannot reach (mapped pages), several times faster than a JavaScript loop.
-   */
-  isZero(buf: Uint8Array, start = 0, end: number = buf.length): boolean {
-    const z = this.#zeroes ??= new Uint8Array(ZERO_COMPARE);
-    for (let at = start; at < end; at += z.length) {
-      const n = Math.min(z.length, end - at);
-      if (this.#s.memcmp(buf.subarray(at, at + n), z, this.#length(n)) !== 0) return false;
-    }
-    return true;
-  }
-
-  /** `n` as a bigint, kept: called per quantum, a few lengths recur (no allocation each time). */
-  #length(n: number): bigint {
-    let b = this.#lengths.get(n);
-    if (b === undefined) {
-      b = BigInt(n);
-      if (this.#lengths.size < 64) this.#lengths.set(n, b);
-    }
-    return b;
-  }
-
-  /** Unmaps a mapping's pages without unmapping the range (`MADV_DONTNEED`); advice only. */
-  unmapPages(p: Deno.PointerObject, length: number): void {
-    this.#s.madvise(p, BigInt(length), MADV_DONTNEED);
-  }
-
-  /** `munmap(2)`; failures (only for invalid arguments) are ignored. */
-  munmap(p: Deno.PointerObject, length: number): void {
-    this.#s.munmap(p, BigInt(length));
   }
 
   /** `posix_fadvise(2)`; advice only, so failures are ignored. `length` 0 means to the end. */
