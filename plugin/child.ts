@@ -17,6 +17,7 @@
  */
 
 import type { CopyRequest } from "./validate.ts";
+import { RecordDecoder } from "../src/cli/progress.ts";
 
 /**
  * How to run this program again: the compiled binary itself, or `deno run -A` on the entry module
@@ -79,51 +80,6 @@ export interface ChildOptions {
   env?: Record<string, string>;
 }
 
-/**
- * Incremental reader of xapi's framed `-machine` stream: 12-byte headers (u64 LE offset, u32 LE
- * length) and `Progress: N` payloads until an empty record.
- *
- * @example
- * ```ts
- * import { RecordReader } from "./child.ts";
- * const r = new RecordReader();
- * r.push(new Uint8Array(12)); // the end record
- * r.ended; // true
- * ```
- */
-export class RecordReader {
-  #buf = new Uint8Array(0);
-  /** Set once the end record has been read. */
-  ended = false;
-
-  /** Appends bytes; returns the percents completed by them. */
-  push(chunk: Uint8Array): number[] {
-    const joined = new Uint8Array(this.#buf.length + chunk.length);
-    joined.set(this.#buf);
-    joined.set(chunk, this.#buf.length);
-    const out: number[] = [];
-    const view = new DataView(joined.buffer);
-    let pos = 0;
-    while (!this.ended && pos + 12 <= joined.length) {
-      const len = view.getUint32(pos + 8, true);
-      if (len === 0) {
-        this.ended = true;
-        pos += 12;
-        break;
-      }
-      // A payload this long is not ours; skip what we have rather than buffer without bound.
-      if (len > 4096) throw new Error(`progress record of ${len} bytes`);
-      if (pos + 12 + len > joined.length) break;
-      const text = new TextDecoder().decode(joined.subarray(pos + 12, pos + 12 + len));
-      const m = /^Progress: (\d+)/.exec(text);
-      if (m) out.push(Math.min(100, Number(m[1])));
-      pos += 12 + len;
-    }
-    this.#buf = joined.slice(pos);
-    return out;
-  }
-}
-
 const STDERR_TAIL = 64 * 1024;
 
 /**
@@ -148,7 +104,7 @@ export async function runCopyChild(
     ...(options.env ? { env: options.env, clearEnv: true } : {}),
   }).spawn();
   options.onSpawn?.(child.pid);
-  const reader = new RecordReader();
+  const reader = new RecordDecoder();
   let percent = 0;
   const readStdout = (async () => {
     for await (const chunk of child.stdout) {
@@ -159,8 +115,8 @@ export async function runCopyChild(
         // Garbage on stdout: keep draining so the child never blocks, report nothing more.
       }
       for (const p of got) {
-        percent = p;
-        options.onProgress?.(p);
+        percent = Math.max(0, Math.min(100, p));
+        options.onProgress?.(percent);
       }
     }
   })();

@@ -2,12 +2,18 @@
  * The detached side of `start`: a process of its own (`sparse_dd --xapi-plugin-worker OPDIR`,
  * in a new session so it outlives the plugin call), which runs the sparse_dd CLI, records
  * progress and the outcome in the operation's `state.json`, reports progress to the XenAPI task
- * if one was given, and turns SIGTERM (from `cancel`) into stopping the copy.
+ * if one was given, and turns SIGTERM (from `cancel`) into stopping the copy. The request and the
+ * caller's session reach it on stdin, from the plugin that validated them: nothing in the state
+ * directory can tell it what to copy.
  *
  * @example
  * ```ts
  * import { spawnWorker } from "./detached.ts";
- * spawnWorker(["/opt/xensource/libexec/sparse_dd"], "/var/run/nonpersistent/sparse_dd/ID");
+ * await spawnWorker(
+ *   ["/opt/xensource/libexec/sparse_dd"],
+ *   "/var/run/nonpersistent/sparse_dd/ID",
+ *   { request: { src: "/dev/sm/a", dest: "/dev/sm/b", prezeroed: false }, session: "OpaqueRef:s" },
+ * );
  * ```
  *
  * @module
@@ -15,8 +21,22 @@
 
 import { copyArgv, failureMessage, runCopyChild } from "./child.ts";
 import type { PluginConfig } from "./config.ts";
+import { posix } from "node:path";
 import { type OpState, OpStore } from "./ops.ts";
+import { privateDirectory, readNoFollow } from "./trust.ts";
+import type { CopyRequest } from "./validate.ts";
 import { TaskProgress } from "./xenapi.ts";
+
+/** What `start` hands its worker on stdin. */
+export interface WorkerOrder {
+  /** The validated request. */
+  request: CopyRequest;
+  /** The caller's session, for `task.set_progress`. */
+  session: string;
+}
+
+const ORDER_LIMIT = 1 << 20;
+const OP_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 /** The hidden argv[0] that makes the binary a worker. */
 export const WORKER_FLAG = "--xapi-plugin-worker";
@@ -31,28 +51,58 @@ function which(paths: string[]): string | undefined {
 }
 
 /**
- * Starts the worker for `opDir` without waiting for it. `setsid` puts it in a session of its
- * own, so nothing aimed at the plugin's process group reaches it; without `setsid` it is still
- * left running when the plugin exits.
+ * Starts the worker for `opDir` without waiting for it to finish, and hands it `order` through a
+ * pipe. `setsid` puts it in a session of its own, so nothing aimed at the plugin's process group
+ * reaches it; without `setsid` it is still left running when the plugin exits.
  *
  * @example
  * ```ts
  * import { spawnWorker } from "./detached.ts";
- * spawnWorker(["deno", "run", "-A", "main.ts"], "/tmp/state/ID");
+ * await spawnWorker(["deno", "run", "-A", "main.ts"], "/tmp/state/ID", {
+ *   request: { src: "/dev/loop0", dest: "/dev/loop1", prezeroed: false },
+ *   session: "",
+ * });
  * ```
  */
-export function spawnWorker(self: string[], opDir: string): void {
+export async function spawnWorker(
+  self: string[],
+  opDir: string,
+  order: WorkerOrder,
+): Promise<void> {
   const setsid = which(["/usr/bin/setsid", "/bin/setsid"]);
   const argv = [...(setsid ? [setsid] : []), ...self, WORKER_FLAG, opDir];
   const child = new Deno.Command(argv[0], {
     args: argv.slice(1),
-    stdin: "null",
+    stdin: "piped",
     stdout: "null",
     stderr: "null",
   }).spawn();
   child.unref();
   // Reap it if this process is still around when it ends; never fail because of it.
   child.status.catch(() => {});
+  // A few hundred bytes: the pipe takes them whole, whether or not the worker reads yet.
+  const writer = child.stdin.getWriter();
+  await writer.write(new TextEncoder().encode(JSON.stringify(order)));
+  await writer.close();
+}
+
+async function readOrder(): Promise<WorkerOrder> {
+  let text = "";
+  const dec = new TextDecoder();
+  for await (const chunk of Deno.stdin.readable) {
+    text += dec.decode(chunk, { stream: true });
+    if (text.length > ORDER_LIMIT) throw new Error("the order on stdin is too large");
+  }
+  text += dec.decode();
+  const order = JSON.parse(text);
+  const r = order?.request;
+  if (
+    typeof order?.session !== "string" || typeof r?.src !== "string" ||
+    typeof r?.dest !== "string" || typeof r?.prezeroed !== "boolean"
+  ) {
+    throw new Error("no valid order on stdin");
+  }
+  return order as WorkerOrder;
 }
 
 /**
@@ -66,13 +116,24 @@ export function spawnWorker(self: string[], opDir: string): void {
  * ```
  */
 export async function runWorker(opDir: string, config: PluginConfig): Promise<void> {
-  const slash = opDir.lastIndexOf("/");
-  const store = new OpStore(opDir.slice(0, slash) || "/");
-  const id = opDir.slice(slash + 1);
-  const logFile = `${opDir}/worker.log`;
+  // Only an operation directory of the configured, private state directory.
+  const stateDir = posix.resolve(config.stateDir);
+  const id = posix.basename(opDir);
+  if (posix.dirname(posix.resolve(opDir)) !== stateDir || !OP_ID.test(id)) return;
+  if (!(await privateDirectory(stateDir, false).catch(() => false))) return;
+  const store = new OpStore(stateDir);
+  if (!(await store.checkOpDir(id).then(() => true, () => false))) return;
+  opDir = store.opDir(id);
+  const statsFile = `${opDir}/stats.json`;
+  let logFile: Deno.FsFile | undefined;
+  try {
+    logFile = Deno.openSync(`${opDir}/worker.log`, { write: true, createNew: true, mode: 0o600 });
+  } catch { /* a second worker for this operation, or the directory is gone: no log */ }
   const log = (line: string) => {
     try {
-      Deno.writeTextFileSync(logFile, `${new Date().toISOString()} ${line}\n`, { append: true });
+      const bytes = new TextEncoder().encode(`${new Date().toISOString()} ${line}\n`);
+      let off = 0;
+      while (logFile && off < bytes.length) off += logFile.writeSync(bytes.subarray(off));
     } catch { /* the directory is gone */ }
   };
   const loaded = await store.read(id).catch(() => undefined);
@@ -105,18 +166,19 @@ export async function runWorker(opDir: string, config: PluginConfig): Promise<vo
 
   let progress: TaskProgress | undefined;
   try {
-    const req = await store.request(id);
     op.pid = Deno.pid;
+    const { request: req, session } = await readOrder();
     op.state = "running";
     await save();
     if (req.taskRef) {
-      const session = (await store.session(id)) ?? "";
       progress = new TaskProgress(config.xapiSocket, session, req.taskRef, log);
       progress.set(0);
     }
     if (await store.cancelRequested(id)) cancelled = true;
     if (!cancelled) {
-      const argv = [...config.self, ...copyArgv(req, `${opDir}/stats.json`)];
+      // Made here (O_EXCL, 0600) so the name sparse_dd writes through is a file of the worker's.
+      Deno.openSync(statsFile, { write: true, createNew: true, mode: 0o600 }).close();
+      const argv = [...config.self, ...copyArgv(req, statsFile)];
       log(`running ${JSON.stringify(argv)}`);
       const result = await runCopyChild(argv, {
         onSpawn: (pid) => {
@@ -136,7 +198,7 @@ export async function runWorker(opDir: string, config: PluginConfig): Promise<vo
         op.state = "success";
         op.percent = 100;
         try {
-          op.stats = JSON.parse(await Deno.readTextFile(`${opDir}/stats.json`));
+          op.stats = JSON.parse(await readNoFollow(statsFile));
         } catch (err) {
           log(`stats: ${err}`);
         }
@@ -160,7 +222,7 @@ export async function runWorker(opDir: string, config: PluginConfig): Promise<vo
     await save();
     await writing;
     await progress?.close();
-    await store.dropSession(id);
     for (const [sig, fn] of listeners) Deno.removeSignalListener(sig, fn);
+    logFile?.close();
   }
 }

@@ -25,11 +25,19 @@
 import { VERSION } from "../src/version.ts";
 import { discover } from "../src/discovery/discover.ts";
 import { copyArgv, failureMessage, runCopyChild } from "./child.ts";
-import type { PluginConfig } from "./config.ts";
+import { loadFileDirs, type PluginConfig } from "./config.ts";
 import { isFinal, type OpState, OpStore, processAlive } from "./ops.ts";
 import { ErrorCode, PluginFailure, type PluginRequest } from "./protocol.ts";
-import { checkKnown, checkPathSyntax, parseOpId, required, validateCopy } from "./validate.ts";
+import {
+  checkKnown,
+  checkPathSyntax,
+  type CopyRequest,
+  parseOpId,
+  required,
+  validateCopy,
+} from "./validate.ts";
 import { spawnWorker } from "./detached.ts";
+import { UnsafeDirectory } from "./trust.ts";
 import { TaskProgress } from "./xenapi.ts";
 
 /** One plugin function. */
@@ -37,9 +45,31 @@ export type PluginFunction = (req: PluginRequest, config: PluginConfig) => Promi
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** The copy request, checked against the configured directories (a new dest is created 0600). */
+async function copyRequest(req: PluginRequest, config: PluginConfig): Promise<CopyRequest> {
+  return validateCopy(req.args, { fileDirs: await loadFileDirs(config.configFile) });
+}
+
+/** An unsafe state directory (or entry in it) is reported as such, never used. */
+async function guarded<T>(f: () => Promise<T>): Promise<T> {
+  try {
+    return await f();
+  } catch (err) {
+    if (err instanceof UnsafeDirectory) {
+      throw new PluginFailure(ErrorCode.UnsafeStateDir, [err.path, err.reason]);
+    }
+    throw err;
+  }
+}
+
+/** The state directory, once known to be root's alone; undefined when it does not exist. */
+function openStore(config: PluginConfig, create: boolean): Promise<OpStore | undefined> {
+  return guarded(() => OpStore.open(config.stateDir, create));
+}
+
 /** `copy`: runs the copy to the end; returns sparse_dd's stats as JSON. */
 async function copyFn(req: PluginRequest, config: PluginConfig): Promise<string> {
-  const copy = await validateCopy(req.args);
+  const copy = await copyRequest(req, config);
   const statsFile = await Deno.makeTempFile({ prefix: "sparse_dd_plugin_", suffix: ".json" });
   const progress = copy.taskRef
     ? new TaskProgress(config.xapiSocket, req.session, copy.taskRef, config.log)
@@ -83,12 +113,13 @@ async function copyFn(req: PluginRequest, config: PluginConfig): Promise<string>
 
 /** `start`: a detached copy; returns its id at once (after its worker has started). */
 async function startFn(req: PluginRequest, config: PluginConfig): Promise<string> {
-  const copy = await validateCopy(req.args);
-  const store = new OpStore(config.stateDir);
+  // The state directory first: an unsafe one refuses before anything is created.
+  const store = (await openStore(config, true))!;
+  const copy = await copyRequest(req, config);
   await store.cleanup(config.maxAgeMs);
-  const id = await store.create(copy, req.session);
+  const id = await store.create(copy);
   try {
-    spawnWorker(config.self, store.opDir(id));
+    await spawnWorker(config.self, store.opDir(id), { request: copy, session: req.session });
   } catch (err) {
     const op = await store.read(id);
     if (op) {
@@ -110,13 +141,18 @@ async function startFn(req: PluginRequest, config: PluginConfig): Promise<string
   return id;
 }
 
-async function findOp(store: OpStore, args: Record<string, string>): Promise<OpState> {
+async function findOp(
+  config: PluginConfig,
+  args: Record<string, string>,
+): Promise<[OpStore, OpState]> {
   checkKnown(args, ["id"]);
   const id = parseOpId("id", required(args, "id"));
-  await store.cleanup();
-  const op = await store.read(id);
+  const store = await openStore(config, false);
+  if (!store) throw new PluginFailure(ErrorCode.UnknownOperation, [id]);
+  await store.cleanup(config.maxAgeMs);
+  const op = await guarded(() => store.read(id));
   if (!op) throw new PluginFailure(ErrorCode.UnknownOperation, [id]);
-  return await store.reap(op);
+  return [store, await store.reap(op)];
 }
 
 async function describe(store: OpStore, op: OpState): Promise<string> {
@@ -125,14 +161,14 @@ async function describe(store: OpStore, op: OpState): Promise<string> {
 
 /** `status`: the operation's state, percent, and stats or error. */
 async function statusFn(req: PluginRequest, config: PluginConfig): Promise<string> {
-  const store = new OpStore(config.stateDir);
-  return describe(store, await findOp(store, req.args));
+  const [store, op] = await findOp(config, req.args);
+  return describe(store, op);
 }
 
 /** `cancel`: stops a running operation; returns its state (cancelled, or already finished). */
 async function cancelFn(req: PluginRequest, config: PluginConfig): Promise<string> {
-  const store = new OpStore(config.stateDir);
-  let op = await findOp(store, req.args);
+  const [store, found] = await findOp(config, req.args);
+  let op = found;
   if (isFinal(op.state)) return describe(store, op);
   await store.requestCancel(op.id);
   const dir = store.opDir(op.id);

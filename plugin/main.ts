@@ -23,6 +23,7 @@ import {
   successResponse,
 } from "./protocol.ts";
 import { runWorker, WORKER_FLAG } from "./detached.ts";
+import { errorText } from "../src/core/error_text.ts";
 
 /** argv[1] of the binary that selects plugin mode. */
 export const PLUGIN_FLAG = "--xapi-plugin";
@@ -64,7 +65,7 @@ export async function handleRequest(
     return successResponse(await f(req, config));
   } catch (err) {
     if (err instanceof PluginFailure) return failureResponse(err.code, err.params);
-    const message = err instanceof Error ? err.message : String(err);
+    const message = errorText(err);
     config.log(`${fn || "(no fn)"}: ${message}`);
     return failureResponse(ErrorCode.Internal, [fn, message.replace(/\s*\n\s*/g, " ")]);
   }

@@ -1,26 +1,32 @@
 /**
  * Detached copies (`start`/`status`/`cancel`) keep their state in a directory that outlives the
  * plugin process: by default `/var/run/nonpersistent/sparse_dd/` (a tmpfs on XenServer, so a
- * reboot, which kills every copy, also forgets them). One directory per operation:
+ * reboot, which kills every copy, also forgets them). The directory is root's alone (created 0700,
+ * refused if it is a symlink, not root's, group/world-writable or below a directory others can
+ * write: see `trust.ts`), and so is one directory per operation (0700):
  *
- * - `request.json`: the validated request (written once by `start`);
- * - `session`: the caller's session ref, for `task.set_progress` (removed when the copy ends);
  * - `state.json`: written only by the operation's worker process, atomically (rename), except
  *   when the worker is gone, when `status`/`cancel` record how it ended;
  * - `cancel`: created by `cancel`; the worker checks it before it starts the copy;
+ * - `worker.log`: the worker's diagnostics;
  * - `stats.json`: sparse_dd's stats, on success.
+ *
+ * The request and the caller's session are not kept here: `start` hands them to the worker over
+ * a pipe, so a worker never runs a request it did not receive from the plugin itself. Files are
+ * read without following symlinks and written through new (`O_EXCL`) temporary files.
  *
  * @example
  * ```ts
  * import { OpStore } from "./ops.ts";
- * const store = new OpStore("/var/run/nonpersistent/sparse_dd");
- * const op = await store.read("0b6f2c1e-8a9d-4c3b-b1a2-3f4e5d6c7b8a");
+ * const store = await OpStore.open("/var/run/nonpersistent/sparse_dd", false);
+ * const op = await store?.read("0b6f2c1e-8a9d-4c3b-b1a2-3f4e5d6c7b8a");
  * op?.state; // "running", "success", "failed" or "cancelled"
  * ```
  *
  * @module
  */
 
+import { othersMayWrite, privateDirectory, readNoFollow, UnsafeDirectory } from "./trust.ts";
 import type { CopyRequest } from "./validate.ts";
 
 /** The default state directory. */
@@ -111,7 +117,8 @@ export async function processAlive(pid: number | null, marker: string): Promise<
  */
 export async function writeAtomic(path: string, text: string, mode = 0o600): Promise<void> {
   const tmp = `${path}.tmp-${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
-  await Deno.writeTextFile(tmp, text, { mode });
+  // createNew (O_EXCL) never follows a symlink planted under the temporary name.
+  await Deno.writeTextFile(tmp, text, { mode, createNew: true });
   try {
     await Deno.rename(tmp, path);
   } catch (err) {
@@ -126,17 +133,25 @@ export async function writeAtomic(path: string, text: string, mode = 0o600): Pro
  * @example
  * ```ts
  * import { OpStore } from "./ops.ts";
- * const store = new OpStore("/tmp/ops");
- * const id = await store.create({ src: "/a", dest: "/b", prezeroed: false }, "OpaqueRef:s");
+ * const store = (await OpStore.open("/tmp/ops", true))!;
+ * const id = await store.create({ src: "/a", dest: "/b", prezeroed: false });
  * ```
  */
 export class OpStore {
   /** The state directory (created on first use, mode 0700). */
   readonly dir: string;
 
-  /** Uses `dir` as the state directory. */
+  /** Uses `dir` as the state directory, unchecked: use {@linkcode OpStore.open}. */
   constructor(dir: string) {
     this.dir = dir;
+  }
+
+  /**
+   * The store in `dir` once it is known to be root's alone (created when `create` is set);
+   * undefined when it does not exist. Throws {@linkcode UnsafeDirectory} otherwise.
+   */
+  static async open(dir: string, create: boolean): Promise<OpStore | undefined> {
+    return (await privateDirectory(dir, create)) ? new OpStore(dir) : undefined;
   }
 
   /** The directory of operation `id`. */
@@ -145,13 +160,10 @@ export class OpStore {
   }
 
   /** Creates a new operation in state `starting`; returns its id. */
-  async create(req: CopyRequest, session: string): Promise<string> {
-    await Deno.mkdir(this.dir, { recursive: true, mode: 0o700 });
+  async create(req: CopyRequest): Promise<string> {
     const id = crypto.randomUUID();
-    const dir = this.opDir(id);
-    await Deno.mkdir(dir, { mode: 0o700 });
-    await writeAtomic(`${dir}/request.json`, JSON.stringify(req) + "\n");
-    if (req.taskRef) await writeAtomic(`${dir}/session`, session);
+    // Never an existing directory: a fresh name, and mkdir fails rather than reuse one.
+    await Deno.mkdir(this.opDir(id), { mode: 0o700 });
     const now = new Date().toISOString();
     await this.write({
       id,
@@ -173,29 +185,25 @@ export class OpStore {
     return id;
   }
 
-  /** The request `start` recorded. */
-  async request(id: string): Promise<CopyRequest> {
-    return JSON.parse(await Deno.readTextFile(`${this.opDir(id)}/request.json`));
-  }
-
-  /** The caller's session, if `start` kept one. */
-  async session(id: string): Promise<string | undefined> {
-    try {
-      return (await Deno.readTextFile(`${this.opDir(id)}/session`)).trim();
-    } catch {
-      return undefined;
+  /**
+   * Refuses an operation directory that is not the plugin's own: a symlink, someone else's, or
+   * writable by others.
+   */
+  async checkOpDir(id: string): Promise<void> {
+    const dir = this.opDir(id);
+    const info = await Deno.lstat(dir);
+    if (
+      info.isSymlink || !info.isDirectory || info.uid !== Deno.uid() || othersMayWrite(info.mode)
+    ) {
+      throw new UnsafeDirectory(dir, "is not a private directory of the plugin's");
     }
-  }
-
-  /** Forgets the session (the copy no longer needs it). */
-  async dropSession(id: string): Promise<void> {
-    await Deno.remove(`${this.opDir(id)}/session`).catch(() => {});
   }
 
   /** The state of `id`, or undefined when there is no such operation. */
   async read(id: string): Promise<OpState | undefined> {
     try {
-      return JSON.parse(await Deno.readTextFile(`${this.opDir(id)}/state.json`));
+      await this.checkOpDir(id);
+      return JSON.parse(await readNoFollow(`${this.opDir(id)}/state.json`));
     } catch (err) {
       if (err instanceof Deno.errors.NotFound) return undefined;
       if (err instanceof SyntaxError) return undefined;
@@ -217,7 +225,7 @@ export class OpStore {
   /** True once `cancel` was asked for. */
   async cancelRequested(id: string): Promise<boolean> {
     try {
-      await Deno.stat(`${this.opDir(id)}/cancel`);
+      await Deno.lstat(`${this.opDir(id)}/cancel`);
       return true;
     } catch {
       return false;
@@ -244,7 +252,6 @@ export class OpStore {
     op.error = cancelled ? "cancelled" : "the worker process exited without recording a result";
     op.finished = new Date().toISOString();
     await this.write(op);
-    await this.dropSession(op.id);
     return op;
   }
 

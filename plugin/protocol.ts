@@ -42,6 +42,10 @@ export const ErrorCode = {
   UnknownOperation: "SPARSE_DD_UNKNOWN_OPERATION",
   /** `[reason]`: argv[1] is not a well-formed, acceptable XML-RPC methodCall. */
   BadRequest: "SPARSE_DD_BAD_REQUEST",
+  /** `[path, reason]`: the state directory is not root's alone; nothing runs from it. */
+  UnsafeStateDir: "SPARSE_DD_UNSAFE_STATE_DIR",
+  /** `[message]`: `/etc/sparse_dd.conf` (or a fragment) cannot be read or parsed. */
+  BadConfig: "SPARSE_DD_BAD_CONFIG",
   /** `[fn]`: the same code as XenAPIPlugin.py. */
   UnknownFunction: "UNKNOWN_XENAPI_PLUGIN_FUNCTION",
   /** `[fn, message]`: anything unexpected; never a stack trace. */

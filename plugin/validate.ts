@@ -1,30 +1,42 @@
 /**
  * Argument checks for the plugin's functions. Every value arrives as a string from whoever may
  * call `host.call_plugin`; nothing reaches the copier's argv unless it is an absolute path of an
- * existing disk, a decimal integer or a fixed word, so no value can become a flag or reach a
- * shell (and none ever meets a shell: children are spawned with an argv array).
+ * acceptable disk, a byte count or a fixed word, so no value can become a flag or reach a shell
+ * (and none ever meets a shell: children are spawned with an argv array).
+ *
+ * Disks (`src`, `base`, `dest`) are resolved first (symlinks, `..`) and then must be a block
+ * device under `/dev`, or a regular file with a single link inside one of the directories the
+ * configuration allows (`plugin-dest-dirs`, by default the SR mounts). Every directory on the
+ * resolved path must be root's alone (see `trust.ts`), so the path sparse_dd opens later is the
+ * one checked here. A new destination file is created here, mode 0600, with `O_EXCL`.
  *
  * @example
  * ```ts
  * import { validateCopy } from "./validate.ts";
- * const req = await validateCopy({ src: "/dev/sm/a", dest: "/dev/sm/b", prezeroed: "true" });
+ * const req = await validateCopy(
+ *   { src: "/dev/sm/a", dest: "/dev/sm/b", prezeroed: "true" },
+ *   { fileDirs: ["/var/run/sr-mount"] },
+ * );
  * req.prezeroed; // true
  * ```
  *
  * @module
  */
 
+import { posix } from "node:path";
+import { parseBytes } from "../src/cli/values.ts";
 import { ErrorCode, PluginFailure } from "./protocol.ts";
+import { isWithin, untrustedReason } from "./trust.ts";
 
 /** A validated copy: what the plugin passes to `sparse_dd`. */
 export interface CopyRequest {
-  /** Absolute path of an existing block device or regular file. */
+  /** Resolved path of an acceptable block device or regular file. */
   src: string;
-  /** Absolute path of an existing block device or regular file, or a new file. */
+  /** Resolved path of an acceptable block device or regular file (the plugin created a new one). */
   dest: string;
   /** Bytes to copy; absent: the source's size. */
   size?: number;
-  /** Absolute path of an existing block device or regular file. */
+  /** Resolved path of an acceptable block device or regular file. */
   base?: string;
   /** The destination is known to read as zero. */
   prezeroed: boolean;
@@ -91,20 +103,28 @@ export function checkPathSyntax(name: string, value: string): string {
   return value;
 }
 
+/** What the plugin says about a byte count it cannot read. */
+export const SIZE_SYNTAX =
+  "expected a whole number of bytes, optionally with a suffix K, M, G or T (or KiB, MiB, GiB, " +
+  "TiB; powers of 1024), e.g. 10G";
+
 /**
- * A byte count: decimal digits only (no sign, no suffix), at most 2^53 - 1.
+ * A byte count, read as the command line reads `-size` (decimal, an optional K/M/G/T suffix in
+ * powers of 1024), at most 2^53 - 1.
  *
  * @example
  * ```ts
  * import { parseSize } from "./validate.ts";
  * parseSize("size", "1073741824"); // 1073741824
+ * parseSize("size", "10G"); // 10737418240
  * ```
  */
 export function parseSize(name: string, value: string): number {
-  if (!/^[0-9]{1,16}$/.test(value)) invalid(name, value, "must be a non-negative integer");
-  const n = Number(value);
-  if (!Number.isSafeInteger(n)) invalid(name, value, "too large");
-  return n;
+  try {
+    return parseBytes(value, name);
+  } catch {
+    return invalid(name, value, SIZE_SYNTAX);
+  }
 }
 
 /**
@@ -155,99 +175,209 @@ export function parseOpId(name: string, value: string): string {
   return value;
 }
 
-async function statOrUndefined(path: string): Promise<Deno.FileInfo | undefined> {
+/** Where the plugin may read and write regular files (`plugin-dest-dirs`). */
+export interface DiskPolicy {
+  /** Absolute directories; regular files must be inside one of them (missing ones are skipped). */
+  fileDirs: readonly string[];
+}
+
+/** A disk argument after resolution. */
+export interface ResolvedDisk {
+  /** The resolved path (no symlinks, no `..`): what sparse_dd is given. */
+  path: string;
+  /** What it is; `new` is a destination file that does not exist yet. */
+  kind: "block" | "file" | "new";
+  /** Device and inode, for telling two names of one disk apart. */
+  id?: string;
+}
+
+function missing(err: unknown): boolean {
+  return err instanceof Deno.errors.NotFound || err instanceof Deno.errors.NotADirectory;
+}
+
+async function resolvedDirs(dirs: readonly string[]): Promise<string[]> {
+  const out: string[] = [];
+  for (const d of dirs) {
+    try {
+      out.push(await Deno.realPath(d));
+    } catch { /* a directory that does not exist on this host allows nothing */ }
+  }
+  return out;
+}
+
+function outside(name: string, value: string, real: string, dirs: readonly string[]): never {
+  const where = dirs.length ? dirs.join(", ") : "none configured";
+  const resolved = real === value ? "" : ` (resolves to ${real})`;
+  return invalid(
+    name,
+    value,
+    `a regular file must be inside the plugin's directories${resolved}: ${where} ` +
+      "(plugin-dest-dirs in /etc/sparse_dd.conf)",
+  );
+}
+
+/**
+ * Resolves a disk argument and checks it against `policy`: a block device whose resolved path is
+ * under `/dev` (a device node anywhere else, e.g. one planted on an NFS share, is refused), or a
+ * regular file with one link inside `policy.fileDirs`, or (with `mayCreate`) a new file whose
+ * directory is inside them. Every directory on the resolved path must be safe from other users.
+ *
+ * @example
+ * ```ts
+ * import { resolveDisk } from "./validate.ts";
+ * await resolveDisk("src", "/dev/disk/by-id/x", { fileDirs: [] }, false);
+ * // { path: "/dev/sdb", kind: "block", id: "..." }
+ * ```
+ */
+export async function resolveDisk(
+  name: string,
+  value: string,
+  policy: DiskPolicy,
+  mayCreate: boolean,
+): Promise<ResolvedDisk> {
+  checkPathSyntax(name, value);
+  const base = posix.basename(value);
+  if (value.endsWith("/") || base === "." || base === ".." || base === "") {
+    return invalid(name, value, "names a directory");
+  }
+  const parent = posix.dirname(value);
+  let parentReal: string;
   try {
-    return await Deno.stat(path);
+    parentReal = await Deno.realPath(parent);
+    if (!(await Deno.stat(parentReal)).isDirectory) throw new Deno.errors.NotADirectory();
   } catch (err) {
-    if (err instanceof Deno.errors.NotFound || err instanceof Deno.errors.NotADirectory) {
-      return undefined;
+    if (missing(err)) return invalid(name, value, `directory ${parent} does not exist`);
+    throw err;
+  }
+  const full = posix.join(parentReal, base);
+  let exists = true;
+  try {
+    await Deno.lstat(full);
+  } catch (err) {
+    if (!missing(err)) throw err;
+    exists = false;
+  }
+  const dirs = await resolvedDirs(policy.fileDirs);
+  if (!exists) {
+    if (!mayCreate) return invalid(name, value, "does not exist");
+    if (!dirs.some((d) => isWithin(parentReal, d))) {
+      return outside(name, value, full, policy.fileDirs);
+    }
+    const why = await untrustedReason(parentReal);
+    if (why) return invalid(name, value, `unsafe directory: ${why}`);
+    return { path: full, kind: "new" };
+  }
+  let real: string;
+  let info: Deno.FileInfo;
+  try {
+    real = await Deno.realPath(full);
+    info = await Deno.stat(real);
+  } catch (err) {
+    if (missing(err)) return invalid(name, value, "is a symlink to nothing");
+    throw err;
+  }
+  const id = `${info.dev}:${info.ino}`;
+  if (info.isBlockDevice) {
+    if (!isWithin(real, "/dev")) {
+      return invalid(name, value, `a block device must be a device node under /dev, not ${real}`);
+    }
+    const why = await untrustedReason(real);
+    if (why) return invalid(name, value, `unsafe path: ${why}`);
+    return { path: real, kind: "block", id: `rdev:${info.rdev}` };
+  }
+  if (!info.isFile) return invalid(name, value, "is neither a block device nor a regular file");
+  if (!dirs.some((d) => isWithin(real, d) && real !== d)) {
+    return outside(name, value, real, policy.fileDirs);
+  }
+  if ((info.nlink ?? 1) > 1) {
+    return invalid(name, value, `has ${info.nlink} hard links; a regular file must have one`);
+  }
+  const why = await untrustedReason(real);
+  if (why) return invalid(name, value, `unsafe path: ${why}`);
+  return { path: real, kind: "file", id };
+}
+
+/**
+ * Creates the new destination file `path` (mode 0600, never following a symlink, failing if
+ * anything appeared there meanwhile), so sparse_dd opens a file that is root's alone.
+ *
+ * @example
+ * ```ts
+ * import { createDestination } from "./validate.ts";
+ * await createDestination("/var/run/sr-mount/SR/new.raw", "/var/run/sr-mount/SR/new.raw");
+ * ```
+ */
+export async function createDestination(path: string, value: string): Promise<void> {
+  let file: Deno.FsFile;
+  try {
+    file = await Deno.open(path, { write: true, createNew: true, mode: 0o600 });
+  } catch (err) {
+    if (err instanceof Deno.errors.AlreadyExists) {
+      return invalid("dest", value, "appeared while it was being checked");
     }
     throw err;
   }
+  file.close();
+  // The mode given to open() is narrowed by the umask; make it exactly 0600. The directory is
+  // root's alone (checked), so the name still means the file just created.
+  await Deno.chmod(path, 0o600);
 }
 
 /**
- * An existing block device or regular file (symlinks followed, as `/dev/disk/by-*` are).
+ * The destination: a local disk by {@linkcode resolveDisk}, which may be a new file. (A remote
+ * destination, a URL, is not a local path: it is recognised here, before the rule for files.)
  *
  * @example
  * ```ts
- * import { checkExistingDisk } from "./validate.ts";
- * await checkExistingDisk("src", "/dev/sm/a"); // "block"
+ * import { resolveDestination } from "./validate.ts";
+ * await resolveDestination("/var/run/sr-mount/SR/new.raw", { fileDirs: ["/var/run/sr-mount"] });
+ * // { path: "/run/sr-mount/SR/new.raw", kind: "new" }
  * ```
  */
-export async function checkExistingDisk(name: string, path: string): Promise<"block" | "file"> {
-  checkPathSyntax(name, path);
-  const info = await statOrUndefined(path);
-  if (!info) return invalid(name, path, "does not exist");
-  if (info.isBlockDevice) return "block";
-  if (info.isFile) return "file";
-  return invalid(name, path, "is neither a block device nor a regular file");
-}
-
-/**
- * A destination: an existing block device or regular file, or a new file in an existing
- * directory.
- *
- * @example
- * ```ts
- * import { checkDestination } from "./validate.ts";
- * await checkDestination("/tmp/new.raw"); // "new"
- * ```
- */
-export async function checkDestination(path: string): Promise<"block" | "file" | "new"> {
-  checkPathSyntax("dest", path);
-  const info = await statOrUndefined(path);
-  if (info) {
-    if (info.isBlockDevice) return "block";
-    if (info.isFile) return "file";
-    return invalid("dest", path, "is neither a block device nor a regular file");
-  }
-  if (path.endsWith("/")) return invalid("dest", path, "names a directory");
-  const parent = path.slice(0, path.lastIndexOf("/")) || "/";
-  const dir = await statOrUndefined(parent);
-  if (!dir?.isDirectory) return invalid("dest", path, `directory ${parent} does not exist`);
-  return "new";
-}
-
-async function realPath(path: string): Promise<string> {
-  try {
-    return await Deno.realPath(path);
-  } catch {
-    return path;
-  }
+export function resolveDestination(value: string, policy: DiskPolicy): Promise<ResolvedDisk> {
+  return resolveDisk("dest", value, policy, true);
 }
 
 /** The arguments `copy` and `start` take. */
 export const COPY_ARGS = ["src", "dest", "size", "base", "prezeroed", "task_ref"] as const;
 
 /**
- * Validates the arguments of `copy`/`start`.
+ * Validates the arguments of `copy`/`start` against `policy`; creates a new destination file
+ * (0600) once everything else is known to be acceptable.
  *
  * @example
  * ```ts
  * import { validateCopy } from "./validate.ts";
- * await validateCopy({ src: "relative.raw", dest: "/b" }); // throws SPARSE_DD_INVALID_ARGUMENT
+ * await validateCopy({ src: "relative.raw", dest: "/b" }, { fileDirs: [] }); // throws SPARSE_DD_INVALID_ARGUMENT
  * ```
  */
-export async function validateCopy(args: Record<string, string>): Promise<CopyRequest> {
+export async function validateCopy(
+  args: Record<string, string>,
+  policy: DiskPolicy,
+): Promise<CopyRequest> {
   checkKnown(args, COPY_ARGS);
-  const src = checkPathSyntax("src", required(args, "src"));
-  const dest = checkPathSyntax("dest", required(args, "dest"));
+  const srcText = checkPathSyntax("src", required(args, "src"));
+  const destText = required(args, "dest");
   const sizeText = optional(args, "size");
-  const base = optional(args, "base");
+  const baseText = optional(args, "base");
   const prezeroedText = optional(args, "prezeroed");
   const taskText = optional(args, "task_ref");
-  const req: CopyRequest = {
-    src,
-    dest,
-    prezeroed: prezeroedText === undefined ? false : parseBool("prezeroed", prezeroedText),
-  };
-  if (sizeText !== undefined) req.size = parseSize("size", sizeText);
-  if (base !== undefined) req.base = checkPathSyntax("base", base);
-  if (taskText !== undefined) req.taskRef = parseRef("task_ref", taskText);
-  await checkExistingDisk("src", src);
-  await checkDestination(dest);
-  if (req.base !== undefined) await checkExistingDisk("base", req.base);
-  if (await realPath(dest) === await realPath(src)) invalid("dest", dest, "is the source");
+  const prezeroed = prezeroedText === undefined ? false : parseBool("prezeroed", prezeroedText);
+  const size = sizeText === undefined ? undefined : parseSize("size", sizeText);
+  if (baseText !== undefined) checkPathSyntax("base", baseText);
+  const taskRef = taskText === undefined ? undefined : parseRef("task_ref", taskText);
+  const src = await resolveDisk("src", srcText, policy, false);
+  const base = baseText === undefined
+    ? undefined
+    : await resolveDisk("base", baseText, policy, false);
+  const dest = await resolveDestination(destText, policy);
+  if (dest.path === src.path || (dest.id !== undefined && dest.id === src.id)) {
+    invalid("dest", destText, "is the source");
+  }
+  if (dest.kind === "new") await createDestination(dest.path, destText);
+  const req: CopyRequest = { src: src.path, dest: dest.path, prezeroed };
+  if (size !== undefined) req.size = size;
+  if (base !== undefined) req.base = base.path;
+  if (taskRef !== undefined) req.taskRef = taskRef;
   return req;
 }

@@ -238,12 +238,12 @@ const out =
  *
  * @example
  * \`\`\`ts
- * import { ZEROSCAN_WASM } from "./zeroscan_wasm.ts";
+ * import { ZEROSCAN_WASM } from "./_zeroscan_wasm.ts";
  * WebAssembly.validate(ZEROSCAN_WASM); // true where SIMD is supported
  * \`\`\`
  */
 // deno-fmt-ignore
-export const ZEROSCAN_WASM: Uint8Array = new Uint8Array([
+export const ZEROSCAN_WASM: Uint8Array<ArrayBuffer> = new Uint8Array([
 ${lines.join("\n")}
 ]);
 `;

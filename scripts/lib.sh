@@ -20,7 +20,7 @@ ensure_deno() {
     [ -x "$bin" ] || bin="$TOOLS/node_modules/deno/deno"
     [ -x "$bin" ] || { echo "deno@$DENO_VERSION did not install" >&2; return 1; }
     mkdir -p "$TOOLS/bin"
-    ln -sf "$bin" "$TOOLS/bin/deno"
+    ln -sfn "$(readlink -f "$bin")" "$TOOLS/bin/deno"
     export PATH="$TOOLS/bin:$PATH"
     DENO="$TOOLS/bin/deno"
   fi

@@ -25,8 +25,8 @@ echo "== deno fmt --check" >&2
 "$DENO" fmt --check
 echo "== deno lint" >&2
 "$DENO" lint
-echo "== deno check" >&2
+echo "== deno check --doc (the code and every JSDoc @example)" >&2
 shopt -s nullglob
-"$DENO" check main.ts src/ plugin/ tests/ scripts/*.ts
+"$DENO" check --doc main.ts src/ plugin/ tests/ scripts/*.ts
 echo "== deno test" >&2
 "$DENO" test -A --no-lock "$@" tests/

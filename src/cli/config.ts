@@ -9,6 +9,7 @@
 
 import { basename, dirname } from "../core/path.ts";
 import { ExitCode, SparseDdError } from "../core/errors.ts";
+import { errorText } from "../core/error_text.ts";
 
 /** The system configuration file. */
 export const DEFAULT_CONFIG = "/etc/sparse_dd.conf";
@@ -73,7 +74,7 @@ export async function loadConfig(file: string, dir: string = file + ".d"): Promi
       ) return;
       throw new SparseDdError(
         ExitCode.Usage,
-        `cannot read configuration ${path}: ${err instanceof Error ? err.message : err}`,
+        `cannot read configuration ${path}: ${errorText(err)}`,
       );
     }
     out.push(...parseConfig(text, path));
@@ -104,7 +105,7 @@ export async function loadConfig(file: string, dir: string = file + ".d"): Promi
     if (!(err instanceof Deno.errors.NotFound || err instanceof Deno.errors.NotADirectory)) {
       throw new SparseDdError(
         ExitCode.Usage,
-        `cannot read configuration directory ${dir}: ${err instanceof Error ? err.message : err}`,
+        `cannot read configuration directory ${dir}: ${errorText(err)}`,
       );
     }
   }

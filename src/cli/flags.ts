@@ -9,14 +9,13 @@
 import { parseArgs } from "./args.ts";
 import { ExitCode, SparseDdError } from "../core/errors.ts";
 import { DEFAULT_CONFIG, loadConfig } from "./config.ts";
-import {
-  DISCOVERY_FLAGS,
-  discoveryOptionsFrom,
-  type SourceDiscoveryOptions,
-} from "../discovery/source_allocation.ts";
+import { DISCOVERY_FLAGS, discoveryOptionsFrom } from "./discovery_flags.ts";
+import type { SourceDiscoveryOptions } from "../discovery/source_allocation.ts";
 import { VHD_FLAGS, type VhdOptions, vhdOptionsFrom } from "./vhd_flags.ts";
+import { parseBool, parseBytes, parseInteger, parseSeconds } from "./values.ts";
 import { isNbdUri } from "../nbd/protocol.ts";
 import { DEFAULT_QUANTUM } from "../copy/quantum.ts";
+import { errorText } from "../core/error_text.ts";
 
 /** Most threads `-threads` accepts. */
 const MAX_THREADS = 16;
@@ -191,8 +190,6 @@ export interface Options {
   threads?: number;
   /** Flags given that have no effect here, for the stderr note. */
   inert: string[];
-  /** Raw values of every flag, for integrations that add their own flags. */
-  values: Record<string, string | boolean | undefined>;
 }
 
 /** What parsing decided: run a copy, or print something and exit. */
@@ -238,46 +235,6 @@ function normalise(argv: string[]): string[] {
 }
 
 /**
- * Parses a byte count: a non-negative integer, optionally with a binary suffix
- * (`K`/`KiB`, `M`/`MiB`, `G`/`GiB`, `T`/`TiB`).
- *
- * @example
- * ```ts
- * import { parseBytes } from "./flags.ts";
- * parseBytes("4G", "-size"); // 4294967296
- * ```
- */
-export function parseBytes(text: string, flag: string): number {
-  const m = /^(\d+)\s*(|K|KiB|M|MiB|G|GiB|T|TiB)$/i.exec(text.trim());
-  const mult: Record<string, number> = { "": 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 };
-  const n = m ? Number(m[1]) * mult[m[2].charAt(0).toLowerCase()] : NaN;
-  if (!Number.isSafeInteger(n)) {
-    throw new SparseDdError(
-      ExitCode.Usage,
-      `invalid ${flag} value '${text}': expected a non-negative whole number of bytes`,
-    );
-  }
-  return n;
-}
-
-function parseBool(text: string, flag: string): boolean {
-  if (/^(true|yes|on|1)$/i.test(text)) return true;
-  if (/^(false|no|off|0)$/i.test(text)) return false;
-  throw new SparseDdError(
-    ExitCode.Usage,
-    `invalid ${flag} value '${text}': expected true or false`,
-  );
-}
-
-function parseInteger(text: string, flag: string, min: number, max: number): number {
-  const n = /^-?\d+$/.test(text.trim()) ? Number(text) : NaN;
-  if (!Number.isSafeInteger(n)) {
-    throw new SparseDdError(ExitCode.Usage, `invalid ${flag} value '${text}': expected an integer`);
-  }
-  return Math.min(max, Math.max(min, n));
-}
-
-/**
  * Parses argv and the configuration files into {@linkcode Options}.
  *
  * @example
@@ -300,7 +257,7 @@ export async function parse(argv: string[]): Promise<ParseResult> {
     }));
   } catch (err) {
     const code = (err as { code?: string }).code;
-    const msg = err instanceof Error ? err.message : String(err);
+    const msg = errorText(err);
     if (code === "ERR_PARSE_ARGS_UNKNOWN_OPTION") {
       const name = /'([^']+)'/.exec(msg)?.[1] ?? msg;
       throw new SparseDdError(
@@ -325,6 +282,8 @@ export async function parse(argv: string[]): Promise<ParseResult> {
   const configNotes: string[] = [];
   const entries = await loadConfig(configFile, values["config-dir"] as string | undefined);
   for (const e of entries) {
+    // The plugin's setting (plugin/config.ts), in the same file: not the command line's business.
+    if (e.key === "plugin-dest-dirs") continue;
     const spec = FLAGS[e.key];
     if (
       !spec || e.key === "config" || e.key === "config-dir" || e.key === "help" ||
@@ -386,17 +345,9 @@ export async function parse(argv: string[]): Promise<ParseResult> {
     }
   }
   const nbdTimeoutText = str("nbd-timeout");
-  let nbdTimeoutMs: number | undefined;
-  if (nbdTimeoutText !== undefined) {
-    const seconds = Number(nbdTimeoutText);
-    if (!/^\d+(\.\d+)?$/.test(nbdTimeoutText.trim()) || !Number.isFinite(seconds)) {
-      throw new SparseDdError(
-        ExitCode.Usage,
-        `invalid -nbd-timeout value '${nbdTimeoutText}': expected seconds (0 = no limit)`,
-      );
-    }
-    nbdTimeoutMs = Math.round(seconds * 1000);
-  }
+  const nbdTimeoutMs = nbdTimeoutText === undefined
+    ? undefined
+    : parseSeconds(nbdTimeoutText, "-nbd-timeout", "no limit");
   if (values["verify-dest"] && !str("cert-bundle-path")) {
     throw new SparseDdError(ExitCode.Usage, "-verify-dest needs -cert-bundle-path");
   }
@@ -439,7 +390,6 @@ export async function parse(argv: string[]): Promise<ParseResult> {
         ? undefined
         : parseInteger(str("threads")!, "-threads", 1, MAX_THREADS),
       inert,
-      values,
     },
   };
 }

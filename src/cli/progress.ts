@@ -32,19 +32,77 @@ export function encodeRecord(payload: string): Uint8Array {
   return out;
 }
 
-/** Decodes a stream of records (for tests and tools): the payloads, and whether it ended. */
-export function decodeRecords(bytes: Uint8Array): { payloads: string[]; ended: boolean } {
-  const payloads: string[] = [];
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  let pos = 0;
-  while (pos + 12 <= bytes.length) {
-    const len = view.getUint32(pos + 8, true);
-    if (len === 0) return { payloads, ended: true };
-    if (pos + 12 + len > bytes.length) break;
-    payloads.push(new TextDecoder().decode(bytes.subarray(pos + 12, pos + 12 + len)));
-    pos += 12 + len;
+/**
+ * Reads xapi's framed `-machine` stream as it arrives, exactly as xapi parses it: 12-byte headers
+ * (u64 LE offset, u32 LE length) and `Progress: N` payloads until the all-zero end record.
+ * Anything else (another payload, an end record with an offset, a record over 4 KiB) is an error
+ * that sticks: every later `push` throws it again.
+ *
+ * @example
+ * ```ts
+ * import { encodeRecord, END_RECORD, RecordDecoder } from "./progress.ts";
+ * const d = new RecordDecoder();
+ * d.push(encodeRecord("Progress: 42")); // [42]
+ * d.push(END_RECORD); // []
+ * d.ended; // true
+ * ```
+ */
+export class RecordDecoder {
+  #buf = new Uint8Array(0);
+  #error?: Error;
+  /** Set once the end record has been read. */
+  ended = false;
+  /** Bytes that came after the end record. */
+  trailing = 0;
+
+  /** Appends bytes; returns the percents of the records they complete. */
+  push(chunk: Uint8Array): number[] {
+    if (this.#error) throw this.#error;
+    if (this.ended) {
+      this.trailing += chunk.length;
+      return [];
+    }
+    const bytes = new Uint8Array(this.#buf.length + chunk.length);
+    bytes.set(this.#buf);
+    bytes.set(chunk, this.#buf.length);
+    const view = new DataView(bytes.buffer);
+    const out: number[] = [];
+    let pos = 0;
+    try {
+      while (!this.ended && pos + 12 <= bytes.length) {
+        const offset = view.getBigUint64(pos, true);
+        const len = view.getUint32(pos + 8, true);
+        if (len === 0) {
+          if (offset !== 0n) throw new Error(`end record with offset ${offset} at byte ${pos}`);
+          this.ended = true;
+          pos += 12;
+          this.trailing = bytes.length - pos;
+          pos = bytes.length;
+          break;
+        }
+        if (len > 4096) throw new Error(`record of ${len} bytes at byte ${pos}`);
+        if (pos + 12 + len > bytes.length) break;
+        const text = new TextDecoder().decode(bytes.subarray(pos + 12, pos + 12 + len));
+        const m = /^Progress: (-?\d+)$/.exec(text);
+        if (!m) throw new Error(`payload does not match 'Progress: %d': ${JSON.stringify(text)}`);
+        out.push(Number(m[1]));
+        pos += 12 + len;
+      }
+    } catch (err) {
+      this.#error = err as Error;
+      throw err;
+    }
+    this.#buf = bytes.slice(pos);
+    return out;
   }
-  return { payloads, ended: false };
+
+  /** Throws when the stream stopped inside a record. */
+  finish(): void {
+    if (this.#error) throw this.#error;
+    if (this.#buf.length > 0) {
+      throw new Error(`stream ends inside a record (${this.#buf.length} bytes)`);
+    }
+  }
 }
 
 /**

@@ -40,6 +40,7 @@ import { type ExitCodeValue, SparseDdError } from "../core/errors.ts";
 import { ExtentSet } from "../core/extent.ts";
 import { openDestination, type OpenOptions, openSource } from "../endpoint/open.ts";
 import type { Plan } from "./plan.ts";
+import { errorText } from "../core/error_text.ts";
 
 /** The name lane Workers are started with; main.ts serves a lane when it runs under it. */
 export const LANE_WORKER_NAME = "sparse_dd-lane";
@@ -136,7 +137,7 @@ interface ErrorWire {
  * ```
  */
 export function errorToWire(err: unknown): ErrorWire {
-  const message = err instanceof Error ? err.message : String(err);
+  const message = errorText(err);
   if (err instanceof DiskError) {
     const { disk, op, offset, reason, role, nbd } = err;
     return { message, disk: { disk, op, offset, reason, role, nbd } };

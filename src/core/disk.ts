@@ -7,6 +7,7 @@
  */
 
 import type { ExtentSet } from "./extent.ts";
+import { errorText } from "./error_text.ts";
 
 /**
  * A random-access disk of `size` bytes.
@@ -103,7 +104,7 @@ export function asDiskError(
   offset?: number,
 ): DiskError {
   if (err instanceof DiskError) return err;
-  const reason = err instanceof Error ? err.message : String(err);
+  const reason = errorText(err);
   return new DiskError(disk, op, offset, reason, { cause: err });
 }
 

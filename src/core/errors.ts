@@ -7,6 +7,7 @@
  */
 
 import { DiskError } from "./disk.ts";
+import { errorText } from "./error_text.ts";
 
 /**
  * The documented exit codes (README, `--help`).
@@ -67,6 +68,6 @@ export function exitCodeOf(err: unknown): ExitCodeValue {
 
 /** The one line printed on stderr for any thrown value (no stack trace). */
 export function messageOf(err: unknown): string {
-  const text = err instanceof Error ? err.message : String(err);
+  const text = errorText(err);
   return text.replace(/\s*\n\s*/g, " ").trim();
 }

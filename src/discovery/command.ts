@@ -6,6 +6,7 @@
  *
  * @module
  */
+import { errorText } from "../core/error_text.ts";
 
 /** What a finished command printed and how it ended. */
 export interface CommandOutput {
@@ -148,7 +149,7 @@ export async function runCommand(
         cause: err,
       });
     }
-    const reason = err instanceof Error ? err.message : String(err);
+    const reason = errorText(err);
     throw new CommandError(command, "spawn", `${command}: cannot run: ${reason}`, { cause: err });
   }
 

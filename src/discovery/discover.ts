@@ -23,6 +23,7 @@
 
 import { TapCtlError, tapCtlList, type TapdiskEntry } from "./tapctl.ts";
 import { XenstoreError, xenstoreRead } from "./xenstore.ts";
+import { errorText } from "../core/error_text.ts";
 
 /** Which route found the image. `none`: nothing behind the device was recognised. */
 export type DiscoveryRoute = "tapdev" | "nbd" | "blkfront+tapdev" | "blkfront+nbd" | "none";
@@ -214,7 +215,7 @@ function imageOf(entry: TapdiskEntry): DiscoveredImage {
 function describe(err: unknown): string {
   if (err instanceof Deno.errors.NotFound) return "not found";
   if (err instanceof Deno.errors.PermissionDenied) return "permission denied";
-  return err instanceof Error ? err.message : String(err);
+  return errorText(err);
 }
 
 function stateText(state: number | undefined): string {

@@ -1,6 +1,6 @@
 /**
  * Turning device discovery into a source allocation: the glue between `discovery.ts` and
- * `allocation.ts`, plus the command-line flags that steer discovery.
+ * `allocation.ts` (the flags that steer it are in `src/cli/discovery_flags.ts`).
  *
  * Data is still read through the device (tapdisk's view, which is always right); only the
  * allocation comes from the image: a VHD chain's BAT for `vhd:`, SEEK_DATA/SEEK_HOLE for an
@@ -18,6 +18,7 @@ import { ExitCode, SparseDdError } from "../core/errors.ts";
 import { ExtentSet } from "../core/extent.ts";
 import { seekDataExtents } from "../file/file_disk.ts";
 import type { VhdBackend } from "../vhd/libvhd.ts";
+import { errorText } from "../core/error_text.ts";
 
 /** How discovery runs for one copy. */
 export interface SourceDiscoveryOptions extends DiscoveryOptions {
@@ -55,77 +56,6 @@ export interface DiscoveredAllocation {
   summary: DiscoverySummary;
 }
 
-/** The flags this module adds, as `cli.ts` declares them. */
-export const DISCOVERY_FLAGS = {
-  "require-vhd": {
-    kind: "boolean",
-    help: "fail (exit 3) unless a VHD is found behind the source device (or -src is a VHD file)",
-  },
-  "tap-ctl": {
-    kind: "string",
-    arg: "PATH",
-    help: "the tap-ctl command (default tap-ctl on PATH; for tests and unusual hosts)",
-  },
-  "xenstore-read": {
-    kind: "string",
-    arg: "PATH",
-    help: "the xenstore-read command (default xenstore-read on PATH; for tests)",
-  },
-  "sysfs-root": { kind: "string", arg: "DIR", help: "where sysfs is (default /sys; for tests)" },
-  "procfs-root": { kind: "string", arg: "DIR", help: "where procfs is (default /proc; for tests)" },
-  "run-root": {
-    kind: "string",
-    arg: "DIR",
-    help: "runtime directory with nonpersistent/nbd/N (default /var/run; for tests)",
-  },
-  "discovery-timeout": {
-    kind: "string",
-    arg: "SECONDS",
-    help: "limit for each tap-ctl / xenstore-read run during discovery (default 15)",
-  },
-} as const;
-
-/**
- * Reads the discovery flags out of the parsed command-line values. Throws a usage error for a
- * bad `-discovery-timeout`.
- *
- * @example
- * ```ts
- * import { discoveryOptionsFrom } from "./source_allocation.ts";
- * const o = discoveryOptionsFrom({ "tap-ctl": "/opt/bin/tap-ctl", "require-vhd": true });
- * o.tapCtl; // "/opt/bin/tap-ctl"
- * ```
- */
-export function discoveryOptionsFrom(
-  values: Record<string, string | boolean | undefined>,
-): SourceDiscoveryOptions {
-  const str = (k: string) => {
-    const v = values[k];
-    return typeof v === "string" && v !== "" ? v : undefined;
-  };
-  const o: SourceDiscoveryOptions = {
-    requireVhd: values["require-vhd"] === true,
-    tapCtl: str("tap-ctl"),
-    xenstoreRead: str("xenstore-read"),
-    sysfsRoot: str("sysfs-root"),
-    procfsRoot: str("procfs-root"),
-    runRoot: str("run-root"),
-    searchDirs: ["/dev/mapper"],
-  };
-  const t = str("discovery-timeout");
-  if (t !== undefined) {
-    const seconds = Number(t);
-    if (!/^\d+(\.\d+)?$/.test(t.trim()) || !(seconds > 0)) {
-      throw new SparseDdError(
-        ExitCode.Usage,
-        `invalid -discovery-timeout value '${t}': expected a positive number of seconds`,
-      );
-    }
-    o.tapCtlTimeoutMs = o.xenstoreTimeoutMs = Math.round(seconds * 1000);
-  }
-  return o;
-}
-
 function summaryOf(d: Discovery): DiscoverySummary {
   return {
     route: d.route,
@@ -137,7 +67,7 @@ function summaryOf(d: Discovery): DiscoverySummary {
 }
 
 function why(err: unknown): string {
-  const text = err instanceof Error ? err.message : String(err);
+  const text = errorText(err);
   return text.replace(/\s*\n\s*/g, " ").trim();
 }
 

@@ -19,6 +19,7 @@ import {
 import { resolveVhdBase } from "../vhd/delta.ts";
 import type { VhdBackend } from "../vhd/libvhd.ts";
 import { deviceVhdAllocation, VhdDisk } from "../vhd/vhd_disk.ts";
+import { errorText } from "../core/error_text.ts";
 
 /** Where the allocation came from, and what else the user should know. */
 export interface AllocationResult {
@@ -136,7 +137,7 @@ export async function resolveBase(
     if (info?.isBlockDevice) {
       const found = await vhdBehindDevice(base, options.discovery).catch((err) => ({
         vhd: undefined,
-        reason: err instanceof Error ? err.message : String(err),
+        reason: errorText(err),
       }));
       if (found.vhd) baseVhd = found.vhd;
       else notes.push(`no VHD found behind -base ${base}: ${found.reason}`);

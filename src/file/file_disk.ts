@@ -49,6 +49,7 @@ import {
   SYNC_FILE_RANGE_WAIT_BEFORE,
   SYNC_FILE_RANGE_WRITE,
 } from "./libc.ts";
+import { errorText } from "../core/error_text.ts";
 
 /** How to open a {@linkcode FileDisk}. */
 export interface FileOpenOptions {
@@ -65,7 +66,7 @@ function reasonOf(err: unknown): string {
   if (err instanceof Deno.errors.NotFound) return "No such file or directory";
   if (err instanceof Deno.errors.PermissionDenied) return "Permission denied";
   if (err instanceof Deno.errors.IsADirectory) return "Is a directory";
-  const msg = err instanceof Error ? err.message : String(err);
+  const msg = errorText(err);
   // Deno appends the path ("..., open '/x'"); the caller names the path itself.
   return msg.replace(/,\s*(open|stat|lstat|read|write|seek|truncate)\s+'[^']*'$/, "");
 }

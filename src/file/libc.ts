@@ -38,25 +38,17 @@ const AARCH64 = Deno.build.arch === "aarch64";
 
 /** `open` flag: read only. */
 export const O_RDONLY = 0;
-/** `open` flag: write only. */
-export const O_WRONLY = 1;
 /** `open` flag: read and write. */
 export const O_RDWR = 2;
 /** `open` flag: create the file when missing. */
 export const O_CREAT = 0o100;
 /** `open` flag: fail if `O_CREAT` and the file exists. */
 export const O_EXCL = 0o200;
-/** `open` flag: truncate to zero length. */
-export const O_TRUNC = 0o1000;
 /** `open` flag: bypass the page cache (buffers, offsets and lengths must be block aligned). */
 export const O_DIRECT = AARCH64 ? 0o200000 : 0o40000;
 /** `open` flag: do not leak the descriptor into child processes. */
 export const O_CLOEXEC = 0o2000000;
 
-/** `lseek` whence: absolute offset. */
-export const SEEK_SET = 0;
-/** `lseek` whence: relative to the current offset. */
-export const SEEK_CUR = 1;
 /** `lseek` whence: relative to the end. */
 export const SEEK_END = 2;
 /** `lseek` whence: the next offset at or after `offset` that holds data. */
@@ -567,20 +559,4 @@ export function addressOf(view: ArrayBufferView): bigint | undefined {
   } catch {
     return undefined;
   }
-}
-
-/**
- * True when `buf`'s address, length (and `offset`, if given) are multiples of `alignment`, as
- * `O_DIRECT` requires. Without FFI the address is unknown and the answer is false.
- *
- * @example
- * ```ts
- * import { alignedBuffer, isAligned } from "./libc.ts";
- * isAligned(alignedBuffer(8192), 4096); // true (with --allow-ffi)
- * ```
- */
-export function isAligned(buf: Uint8Array, alignment: number, offset = 0): boolean {
-  if (buf.length % alignment !== 0 || offset % alignment !== 0) return false;
-  const a = addressOf(buf);
-  return a !== undefined && a % BigInt(alignment) === 0n;
 }

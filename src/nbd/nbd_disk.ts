@@ -61,6 +61,7 @@ import {
   STRUCTURED_REPLY_HEADER_SIZE,
   TransmissionFlag,
 } from "./protocol.ts";
+import { errorText } from "../core/error_text.ts";
 
 /** Options of {@linkcode NbdDisk.open}. */
 export interface NbdOptions {
@@ -229,7 +230,7 @@ function reasonOf(err: unknown): string {
   if (err instanceof Deno.errors.ConnectionReset || err instanceof Deno.errors.BrokenPipe) {
     return `connection lost (${err.message})`;
   }
-  return err instanceof Error ? err.message : String(err);
+  return errorText(err);
 }
 
 /** Writes every byte (a socket write may take only part). */

@@ -79,41 +79,6 @@ export function planBase(source: VhdChain, base: VhdChain, size: number = source
   };
 }
 
-/**
- * The `unchanged` set for a copy of the source chain at `sourcePath` over a destination holding
- * `basePath`, or `undefined` when the base is not a VHD (the caller warns and copies in full).
- * A base that is a VHD but broken is an error, not a silent full copy.
- *
- * @param sourcePath the source's VHD (leaf of its chain)
- * @param basePath the base's VHD (leaf of its chain)
- * @param size bytes of the copy
- * @param options backend and search options for both chains
- * @example
- * ```ts ignore
- * import { baseUnchanged } from "./delta.ts";
- * const unchanged = await baseUnchanged("leaf.vhd", "snap.vhd", size);
- * ```
- */
-export async function baseUnchanged(
-  sourcePath: string,
-  basePath: string,
-  size: number,
-  options: ChainOptions = {},
-): Promise<BasePlan | undefined> {
-  if (!(await isVhdFile(basePath))) return undefined;
-  const source = await openChain(sourcePath, options);
-  try {
-    const base = await openChain(basePath, options);
-    try {
-      return planBase(source, base, size);
-    } finally {
-      base.close();
-    }
-  } finally {
-    source.close();
-  }
-}
-
 /** Inputs of {@linkcode resolveVhdBase}: what the command line and the opened source say. */
 export interface VhdBaseInputs {
   /** `-base` as given (a VHD file, or a device whose VHD is `baseVhd`); may be undefined. */

@@ -30,6 +30,7 @@ import {
   type VhdHeader,
   type VhdLayout,
 } from "./format.ts";
+import { errorText } from "../core/error_text.ts";
 
 /** Positional, read-only access to a file's bytes. */
 export interface RandomAccess {
@@ -197,10 +198,6 @@ export async function isVhdFile(path: string): Promise<boolean> {
   } finally {
     file.close();
   }
-}
-
-function errorText(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
 }
 
 /** Footer, header and BAT of one file, however they were read (TypeScript or libvhd). */

@@ -30,6 +30,7 @@ import {
   parseHeader,
   VhdError,
 } from "./format.ts";
+import { errorText } from "../core/error_text.ts";
 
 /** Which reader to use for VHD metadata: libvhd when loadable (`auto`), or forced. */
 export type VhdBackend = "auto" | "ts" | "ffi";
@@ -214,7 +215,7 @@ function defaultCandidates(): string[] {
 }
 
 function firstLine(err: unknown): string {
-  return (err instanceof Error ? err.message : String(err)).split("\n")[0];
+  return errorText(err).split("\n")[0];
 }
 
 function cString(s: string): Uint8Array {

@@ -5,6 +5,8 @@
  * @module
  */
 
+import { RecordDecoder } from "../../src/cli/progress.ts";
+
 /** The repository root. */
 export const ROOT: string = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
 /** The program's entry point. */
@@ -139,31 +141,14 @@ export async function allocatedBytes(path: string): Promise<number> {
 }
 
 /**
- * Parses xapi's framed `-machine` stream exactly as xapi's `Sparse_encoding.Chunk.fold` does:
- * 12-byte headers (u64 LE offset, u32 LE length) until an empty record; every payload must match
- * `Progress: %d`. Throws on anything else.
+ * Parses a whole `-machine` stdout as xapi does (`RecordDecoder`): throws on anything but
+ * `Progress: %d` records, an end record with an offset, or a stream that stops inside a record.
  */
 export function readMachineStream(
   bytes: Uint8Array,
 ): { percents: number[]; ended: boolean; trailing: number } {
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const percents: number[] = [];
-  let pos = 0;
-  while (pos + 12 <= bytes.length) {
-    const offset = view.getBigUint64(pos, true);
-    const len = view.getUint32(pos + 8, true);
-    pos += 12;
-    if (len === 0) {
-      if (offset !== 0n) throw new Error(`end record with offset ${offset}`);
-      return { percents, ended: true, trailing: bytes.length - pos };
-    }
-    if (pos + len > bytes.length) throw new Error(`truncated record at ${pos - 12}`);
-    const text = new TextDecoder().decode(bytes.subarray(pos, pos + len));
-    const m = /^Progress: (-?\d+)/.exec(text);
-    if (!m) throw new Error(`payload does not match 'Progress: %d': ${JSON.stringify(text)}`);
-    percents.push(Number(m[1]));
-    pos += len;
-  }
-  if (pos !== bytes.length) throw new Error(`partial header at ${pos}`);
-  return { percents, ended: false, trailing: 0 };
+  const decoder = new RecordDecoder();
+  const percents = decoder.push(bytes);
+  decoder.finish();
+  return { percents, ended: decoder.ended, trailing: decoder.trailing };
 }

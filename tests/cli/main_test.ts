@@ -1,5 +1,6 @@
 import { deepStrictEqual, match, ok, strictEqual } from "node:assert/strict";
-import { parse, parseBytes } from "../../src/cli/flags.ts";
+import { parse } from "../../src/cli/flags.ts";
+import { parseBytes } from "../../src/cli/values.ts";
 import { ExitCode, SparseDdError } from "../../src/core/errors.ts";
 import {
   mainCommand,

@@ -1,12 +1,12 @@
 import { deepStrictEqual, ok, rejects, strictEqual } from "node:assert";
 import {
-  formatTapCtlRow,
   parseTapCtlList,
   TapCtlError,
   tapCtlList,
   type TapCtlRow,
   type TapdiskEntry,
 } from "../../src/discovery/tapctl.ts";
+import { formatTapCtlRow } from "../_support/tapctl_rows.ts";
 import { Prng } from "../_support/prng.ts";
 import { ROOT, sh, withTempDir } from "../_support/helpers.ts";
 

@@ -6,7 +6,6 @@ import {
   FALLOC_FL_KEEP_SIZE,
   FALLOC_FL_PUNCH_HOLE,
   FALLOC_FL_ZERO_RANGE,
-  isAligned,
   type Libc,
   libc,
   O_CREAT,
@@ -32,6 +31,13 @@ async function withFd<T>(path: string, flags: number, fn: (fd: number) => Promis
   } finally {
     c().close(fd);
   }
+}
+
+/** True when `buf`'s address, length and `offset` are multiples of `alignment` (O_DIRECT's rule). */
+function isAligned(buf: Uint8Array, alignment: number, offset = 0): boolean {
+  if (buf.length % alignment !== 0 || offset % alignment !== 0) return false;
+  const a = addressOf(buf);
+  return a !== undefined && a % BigInt(alignment) === 0n;
 }
 
 Deno.test("libc is unavailable, not an error, without FFI permission", async () => {

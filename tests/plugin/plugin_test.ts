@@ -10,7 +10,6 @@ import { deepStrictEqual, ok as assert, strictEqual } from "node:assert/strict";
 import { VERSION } from "../../src/version.ts";
 import { handleRequest } from "../../plugin/main.ts";
 import { type OpState, OpStore } from "../../plugin/ops.ts";
-import { RecordReader } from "../../plugin/child.ts";
 import type { PluginConfig } from "../../plugin/config.ts";
 import {
   MAIN,
@@ -21,178 +20,18 @@ import {
   withTempDir,
   xapiCommand,
 } from "../_support/helpers.ts";
-
-const PYTHON = "/usr/bin/python3";
-
-// ---------------------------------------------------------------------------------------------
-// Building requests the two ways they arrive, reading answers the way xapi's peers do.
-
-/** xapi's `Xml.to_string`: one line, bare strings, `<value/>`, `<struct/>`, control chars dropped. */
-function xapiEscape(s: string): string {
-  return s
-    // deno-lint-ignore no-control-regex
-    .replace(/[\x00-\x08\x0B\x0C\x0E-\x1F]/g, "")
-    .replace(/&/g, "&amp;")
-    .replace(/</g, "&lt;")
-    .replace(/>/g, "&gt;")
-    .replace(/"/g, "&quot;");
-}
-
-function xapiValue(s: string): string {
-  return s === "" ? "<value/>" : `<value>${xapiEscape(s)}</value>`;
-}
-
-function xapiForm(fn: string, args: Record<string, string>, session = "OpaqueRef:xapi"): string {
-  const members = Object.entries(args)
-    .map(([k, v]) => `<member><name>${xapiEscape(k)}</name>${xapiValue(v)}</member>`)
-    .join("");
-  const struct = members === "" ? "<struct/>" : `<struct>${members}</struct>`;
-  return `<methodCall><methodName>${fn}</methodName><params><param>${xapiValue(session)}` +
-    `</param><param><value>${struct}</value></param></params></methodCall>`;
-}
-
-async function python(script: string, args: string[] = [], input?: string): Promise<string> {
-  const child = new Deno.Command(PYTHON, {
-    args: ["-c", script, ...args],
-    stdin: input === undefined ? "null" : "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  if (input !== undefined) {
-    const w = child.stdin.getWriter();
-    await w.write(new TextEncoder().encode(input));
-    await w.close();
-  }
-  const out = await child.output();
-  assert(out.success, `python3 failed: ${new TextDecoder().decode(out.stderr)}`);
-  return new TextDecoder().decode(out.stdout);
-}
-
-/** Python's `xmlrpc.client.dumps((session, args), fn)`, as XenAPIPlugin-style clients write it. */
-function pythonForm(
-  fn: string,
-  args: Record<string, string>,
-  session = "OpaqueRef:python",
-): Promise<string> {
-  return python(
-    "import sys, json, xmlrpc.client as x\n" +
-      "a = json.loads(sys.argv[1])\n" +
-      "sys.stdout.write(x.dumps((a['session'], a['args']), a['fn']))",
-    [JSON.stringify({ fn, args, session })],
-  );
-}
-
-/** What the plugin answered, as Python's `xmlrpc.client.loads` read it. */
-interface Answer {
-  status: "Success" | "Failure";
-  value?: string;
-  error?: string[];
-  stderr: string;
-}
-
-async function readAnswer(stdout: string, stderr: string): Promise<Answer> {
-  const parsed = JSON.parse(
-    await python(
-      "import sys, json, xmlrpc.client as x\n" +
-        "params, method = x.loads(sys.stdin.read())\n" +
-        "assert method is None, method\n" +
-        "assert len(params) == 1, params\n" +
-        "json.dump(params[0], sys.stdout)",
-      [],
-      stdout,
-    ),
-  );
-  assert(parsed.Status === "Success" || parsed.Status === "Failure", stdout);
-  if (parsed.Status === "Success") {
-    strictEqual(typeof parsed.Value, "string", "Value must be a string");
-    return { status: "Success", value: parsed.Value, stderr };
-  }
-  assert(Array.isArray(parsed.ErrorDescription) && parsed.ErrorDescription.length > 0, stdout);
-  for (const e of parsed.ErrorDescription) strictEqual(typeof e, "string");
-  return { status: "Failure", error: parsed.ErrorDescription, stderr };
-}
-
-interface RunOpts {
-  /** Extra environment (beyond PATH), e.g. the state directory. */
-  env?: Record<string, string>;
-  /** Run inside this cgroup (v1 cpu) directory, to make copies slow enough to watch. */
-  cgroup?: string;
-}
-
-/** Runs the plugin exactly as xapi does; asserts exit status 0 and a parseable answer. */
-async function plugin(argv1: string | undefined, opts: RunOpts = {}): Promise<Answer> {
-  const inner = [
-    Deno.execPath(),
-    "run",
-    "-A",
-    "--quiet",
-    "--no-lock",
-    MAIN,
-    "--xapi-plugin",
-    ...(argv1 === undefined ? [] : [argv1]),
-  ];
-  // The cgroup wrapper joins the cgroup and then execs the very same argv.
-  const argv = opts.cgroup
-    ? ["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', opts.cgroup, ...inner]
-    : inner;
-  const out = await xapiCommand(argv[0], argv.slice(1), { env: opts.env, timeoutMs: 300_000 })
-    .output();
-  const stdout = new TextDecoder().decode(out.stdout);
-  const stderr = new TextDecoder().decode(out.stderr);
-  strictEqual(out.code, 0, `the plugin exited ${out.code}; stderr: ${stderr}`);
-  return readAnswer(stdout, stderr);
-}
-
-function expectSuccess(a: Answer): string {
-  strictEqual(a.status, "Success", `expected Success, got ${JSON.stringify(a.error)}: ${a.stderr}`);
-  return a.value!;
-}
-
-function expectFailure(a: Answer, ...prefix: string[]): string[] {
-  strictEqual(a.status, "Failure", `expected Failure, got Success: ${a.value}`);
-  deepStrictEqual(a.error!.slice(0, prefix.length), prefix, JSON.stringify(a.error));
-  return a.error!;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Test data.
-
-/** A sparse file: random 1 MiB extents at a few offsets, holes elsewhere. */
-async function sparseFile(path: string, size: number, seed: number): Promise<void> {
-  const f = await Deno.open(path, { write: true, create: true, truncate: true });
-  try {
-    await f.truncate(size);
-    const buf = new Uint8Array(1 << 20);
-    for (let i = 0; i < 4; i++) {
-      crypto.getRandomValues(buf.subarray(0, 65536));
-      buf.fill(seed + i, 65536);
-      const at = Math.floor(((i * 2 + 1) * size) / 9 / 4096) * 4096;
-      await f.seek(at, Deno.SeekMode.Start);
-      let off = 0;
-      while (off < buf.length) off += await f.write(buf.subarray(off));
-    }
-  } finally {
-    f.close();
-  }
-}
-
-/** A dense file: every 64 KiB block distinct and non-zero. */
-async function denseFile(path: string, size: number): Promise<void> {
-  const f = await Deno.open(path, { write: true, create: true, truncate: true });
-  try {
-    const buf = new Uint8Array(1 << 20);
-    crypto.getRandomValues(buf.subarray(0, 65536));
-    for (let i = 1; i < 16; i++) buf.copyWithin(i * 65536, 0, 65536);
-    const view = new DataView(buf.buffer);
-    for (let mib = 0; mib < size / (1 << 20); mib++) {
-      for (let j = 0; j < 16; j++) view.setUint32(j * 65536, mib * 16 + j + 1, true);
-      let off = 0;
-      while (off < buf.length) off += await f.write(buf.subarray(off));
-    }
-  } finally {
-    f.close();
-  }
-}
+import {
+  denseFile,
+  expectFailure,
+  expectSuccess,
+  plugin,
+  PYTHON,
+  pythonForm,
+  readAnswer,
+  sparseFile,
+  TEST_CONF,
+  xapiForm,
+} from "./harness.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Success.
@@ -462,6 +301,7 @@ function testConfig(stateDir: string): PluginConfig {
     xapiSocket: "/nonexistent",
     self: [Deno.execPath(), "run", "-A", "--quiet", "--no-lock", MAIN],
     maxAgeMs: 3600_000,
+    configFile: TEST_CONF,
     log: () => {},
   };
 }
@@ -634,9 +474,10 @@ Deno.test("the state directory is cleaned up: old finished operations, dead work
   await withTempDir(async (dir) => {
     const store = new OpStore(`${dir}/state`);
     const req = { src: "/a", dest: "/b", prezeroed: false };
-    const old = await store.create(req, "s");
-    const fresh = await store.create(req, "s");
-    const orphan = await store.create(req, "s");
+    await Deno.mkdir(`${dir}/state`, { mode: 0o700 });
+    const old = await store.create(req);
+    const fresh = await store.create(req);
+    const orphan = await store.create(req);
     const now = Date.now();
     for (const [id, hoursAgo] of [[old, 30], [fresh, 1]] as const) {
       const op = (await store.read(id))!;
@@ -663,23 +504,6 @@ Deno.test("the state directory is cleaned up: old finished operations, dead work
       [fresh, orphan].sort(),
     );
   });
-});
-
-Deno.test("the progress reader follows xapi's framing across arbitrary chunk boundaries", () => {
-  const records: number[] = [];
-  const enc = (p: number) => {
-    const body = new TextEncoder().encode(`Progress: ${p}`);
-    const out = new Uint8Array(12 + body.length);
-    new DataView(out.buffer).setUint32(8, body.length, true);
-    out.set(body, 12);
-    return out;
-  };
-  const parts = [0, 1, 50, 99, 100].map(enc);
-  const all = new Uint8Array([...parts.flatMap((p) => [...p]), ...new Uint8Array(12)]);
-  const r = new RecordReader();
-  for (let i = 0; i < all.length; i += 5) records.push(...r.push(all.subarray(i, i + 5)));
-  deepStrictEqual(records, [0, 1, 50, 99, 100]);
-  assert(r.ended);
 });
 
 // ---------------------------------------------------------------------------------------------
