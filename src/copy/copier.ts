@@ -150,12 +150,17 @@ export async function copy(src: Disk, dst: Disk, options: CopyOptions): Promise<
  *   quanta, instead of writing every byte.
  * - `writeQueueDepth`: how many steps may be written at once to keep the disk busy (O_DIRECT
  *   writes, NBD requests). Without it, one at a time.
+ * - `readQueueDepth`: how many reads are worth having in flight ahead of the writes, as things
+ *   stand (it may change as the copy goes): 1 while reads are served from memory on the calling
+ *   thread (nothing overlaps, and every read ahead holds one more buffer). Without it, four.
  */
 export interface DiskHints extends Disk {
   /** True when zeroing the whole disk is far cheaper than writing it. */
   readonly zeroIsCheap?: boolean;
   /** How many writes to keep in flight. */
   readonly writeQueueDepth?: number;
+  /** How many reads to keep in flight, now. */
+  readonly readQueueDepth?: number;
 }
 
 /** Runs `then` once `work` has settled either way; keeps `work`'s outcome. */
@@ -352,6 +357,11 @@ export async function runSteps(
   const quantum = options.quantum ?? DEFAULT_QUANTUM;
   const chunk = options.chunkSize ?? 2 * MiB;
   const depth = Math.max(1, options.readAhead ?? 4);
+  // Reads ahead pay off while they wait for a device; asked before every read.
+  const readDepth = () =>
+    options.readAhead === undefined
+      ? Math.max(1, Math.min(depth, (src as DiskHints).readQueueDepth ?? depth))
+      : depth;
   const writeDepth = Math.max(1, options.writeBehind ?? (dst as DiskHints).writeQueueDepth ?? 1);
   const stats = noCounts();
   const write = async (offset: number, buf: Uint8Array) => {
@@ -418,7 +428,7 @@ export async function runSteps(
   const steps = lanes ? claimedSteps(all, lanes.segment, () => lanes.claim()) : all;
   let exhausted = false;
   const refill = () => {
-    while (!exhausted && queue.length < depth + 16 && readsQueued < depth) {
+    while (!exhausted && queue.length < depth + 16 && readsQueued < readDepth()) {
       const next = steps.next();
       if (next.done) {
         exhausted = true;

@@ -75,6 +75,8 @@ function reasonOf(err: unknown): string {
 interface Backend {
   /** Some requests bypass the page cache (and wait for the device). */
   readonly direct: boolean;
+  /** How many reads are worth keeping in flight (see {@linkcode FileDisk.readQueueDepth}). */
+  readonly readQueueDepth?: number;
   /** How many writes are worth keeping in flight. */
   readonly queueDepth: number;
   size(): Promise<number>;
@@ -214,6 +216,8 @@ class FdBackend implements Backend {
   #punch = true;
   /** Cached bytes are read in place (`RWF_NOWAIT`) until the kernel says it cannot. */
   #cachedReads = true;
+  /** The latest read was served from memory on this thread. */
+  #readInPlace = false;
 
   constructor(
     readonly c: Libc,
@@ -232,6 +236,11 @@ class FdBackend implements Backend {
 
   get direct(): boolean {
     return this.directFd !== undefined;
+  }
+
+  /** Reads worth keeping in flight: one while they are served from memory here, else four. */
+  get readQueueDepth(): number {
+    return this.inMemory || this.#readInPlace ? 1 : 4;
   }
 
   /** Writes worth keeping in flight: several O_DIRECT ones (each waits for the device). */
@@ -285,6 +294,7 @@ class FdBackend implements Backend {
     // costs this thread more than the copy itself (BENCHMARKS.md). The rest is read on the pool,
     // so that a read from the device overlaps the copier's work.
     const here = fd === this.fd ? this.#readHere(buf, offset) : 0;
+    this.#readInPlace = here === buf.length;
     if (here === buf.length) return;
     if (here > 0) return await this.c.preadAll(fd, buf.subarray(here), offset + here);
     try {
@@ -505,6 +515,14 @@ export class FileDisk implements Disk {
    * is paced by {@linkcode Writeback}).
    */
   readonly writeQueueDepth: number;
+  /**
+   * Reads the copier keeps in flight ahead of its writes: one while they are served from memory
+   * on its thread (tmpfs, or the page cache), where a read ahead only holds one more buffer;
+   * four when they wait for the device.
+   */
+  get readQueueDepth(): number {
+    return this.#io.readQueueDepth ?? 4;
+  }
   #closed = false;
   readonly #io: Backend;
 
