@@ -7,8 +7,9 @@
  * thread: a trip through Deno's thread pool costs that thread more than the copy. Other reads
  * run on the pool (`pread`), so the copier's next reads proceed on the second core while the
  * current block is scanned and written. (Mapping the source instead, to save that copy, cost
- * 2-4 times the CPU: BENCHMARKS.md, "Where the CPU goes".) How writes go depends on `-unbuffered` (measured on ext4 over a virtio disk, timed
- * until the data is durable; see BENCHMARKS.md):
+ * 2-4 times the CPU: BENCHMARKS.md, "Where the CPU goes".) How writes go depends on
+ * `-unbuffered` (measured on ext4 over a virtio disk, timed until the data is durable; see
+ * BENCHMARKS.md):
  *
  * - unset (the default): on a regular file, buffered `pwrite`s done in place, each 2 MiB of
  *   written range handed to the device at once (`sync_file_range`), at most 32 MiB in flight,
