@@ -39,8 +39,8 @@ export class ArgsError extends TypeError {
 /**
  * Parses `args`: `--name`, `--name=value` or `--name value` for a string option (a value
  * starting with `-` only inline). Throws {@linkcode ArgsError} on an unknown option, a value
- * given to a boolean, a string option without its value, or any positional argument (strict, as `node:util` with
- * `allowPositionals: false`). A later option wins over an earlier one.
+ * given to a boolean, a string option without its value, or any positional argument (strict,
+ * as `node:util` with `allowPositionals: false`). A later option wins over an earlier one.
  */
 export function parseArgs(config: {
   args: string[];
