@@ -156,6 +156,14 @@ export async function runCopy(
     } catch (err) {
       throw tag(err, "destination");
     }
+    // A disk can still fail after its last request (an NBD server's stray reply): its close
+    // reports that, and a copy over a broken connection is no clean copy.
+    await src.close().catch((err) => {
+      throw tag(err, "source");
+    });
+    await dst.close().catch((err) => {
+      throw tag(err, "destination");
+    });
     const report: Report = {
       src: o.src,
       dest: o.dest,

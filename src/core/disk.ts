@@ -60,6 +60,17 @@ export interface Disk {
 /** What went wrong, for the exit code: see `ExitCode` in `errors.ts`. */
 export type DiskOp = "open" | "read" | "write" | "zero" | "flush" | "stat" | "allocation";
 
+/** How each operation reads in a message: `cannot read /dev/sdb ...`. */
+const OP_WORDS: Record<DiskOp, string> = {
+  open: "open",
+  read: "read",
+  write: "write",
+  zero: "zero",
+  flush: "flush",
+  stat: "stat",
+  allocation: "get the allocation of",
+};
+
 /**
  * An I/O failure on a named disk, at an offset when there is one. Its message is the one line a
  * user sees: `cannot read /dev/sdb at offset 1048576: Input/output error`.
@@ -89,7 +100,9 @@ export class DiskError extends Error {
     options?: ErrorOptions,
   ) {
     super(
-      `cannot ${op} ${disk}${offset === undefined ? "" : ` at offset ${offset}`}: ${reason}`,
+      `cannot ${OP_WORDS[op]} ${disk}${
+        offset === undefined ? "" : ` at offset ${offset}`
+      }: ${reason}`,
       options,
     );
     this.name = "DiskError";

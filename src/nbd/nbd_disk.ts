@@ -14,16 +14,17 @@
 import { DiskError, type DiskOp } from "../core/disk.ts";
 import type { Disk } from "../core/disk.ts";
 import { ExtentSet } from "../core/extent.ts";
+import { Coverage } from "./coverage.ts";
+import { appendExtents, coarsen, type DataRange, type Run } from "./extents.ts";
 import {
   BASE_ALLOCATION,
-  type BlockDescriptor,
+  blockLimits,
   ChunkType,
   ClientFlag,
   clientFlagsFor,
   Cmd,
   CmdFlag,
   commandName,
-  decodeBlockStatus,
   decodeDataOffset,
   decodeErrorChunk,
   decodeExportNameReply,
@@ -50,6 +51,7 @@ import {
   type NbdTarget,
   Opt,
   OPTION_REPLY_HEADER_SIZE,
+  optionName,
   parseNbdUri,
   Rep,
   RepErr,
@@ -57,7 +59,6 @@ import {
   replyHeaderSize,
   REQUEST_HEADER_SIZE,
   SIMPLE_REPLY_SIZE,
-  StateFlag,
   STRUCTURED_REPLY_HEADER_SIZE,
   TransmissionFlag,
 } from "./protocol.ts";
@@ -111,8 +112,19 @@ const DEFAULT_REQUEST_TIMEOUT = 120_000;
 const DEFAULT_IN_FLIGHT = 16;
 /** Writes up to this size are sent as one buffer with their header (one syscall). */
 const COALESCE_LIMIT = 256 * 1024;
-/** Largest payload accepted for a chunk that is not data (block status, errors). */
-const MAX_META_PAYLOAD = 64 * 1024 * 1024;
+/** Largest block status payload accepted: 2^20 extents (qemu-nbd sends at most 2^17). */
+const MAX_STATUS_PAYLOAD = 4 + 8 * (1 << 20);
+/** Largest error chunk: errno, message length, a 4096-byte message, an offset. */
+const MAX_ERROR_PAYLOAD = 4 + 2 + 4096 + 8;
+/** Largest option reply: strings on the wire are at most 4096 bytes. */
+const MAX_OPTION_REPLY = 64 * 1024;
+/** Data ranges the allocation map keeps before it is coarsened. */
+const MAX_DATA_RANGES = 1 << 20;
+/**
+ * BLOCK_STATUS requests allowed per window: a few, plus one per 64 KiB. A server answering in
+ * tiny pieces would otherwise take millions of round trips.
+ */
+const statusBudget = (bytes: number) => 64 + Math.ceil(bytes / (64 * 1024));
 /** Largest fallback zero-buffer write when the server lacks WRITE_ZEROES. */
 const ZERO_BUFFER = 4 * 1024 * 1024;
 
@@ -193,10 +205,12 @@ interface Pending {
   length: number;
   /** READ: where the data goes. */
   buf?: Uint8Array;
-  /** READ: bytes filled by data and hole chunks. */
-  covered: number;
-  /** BLOCK_STATUS: extents of `base:allocation`. */
-  extents?: BlockDescriptor[];
+  /** READ: the bytes filled by data and hole chunks. */
+  coverage?: Coverage;
+  /** Structured chunks received so far. */
+  chunks: number;
+  /** BLOCK_STATUS: extents of `base:allocation`, merged, clipped to the request. */
+  extents?: Run[];
   /** The first error the server reported. */
   error?: { errno: number; message: string; offset?: number };
   resolve: () => void;
@@ -290,6 +304,8 @@ export class NbdDisk implements Disk {
   #nextCookie = 1;
   #writeChain: Promise<void> = Promise.resolve();
   #failure?: string;
+  /** A protocol error seen while no request was in flight; close() reports it. */
+  #late?: string;
   #closed = false;
   #closing?: Promise<void>;
   #readerDone: Promise<void>;
@@ -434,7 +450,17 @@ export class NbdDisk implements Disk {
     const cookie = this.#nextCookie++;
     let pending!: Pending;
     const replied = new Promise<void>((resolve, reject) => {
-      pending = { cookie, type, offset, length, covered: 0, buf: opts.buf, resolve, reject };
+      pending = {
+        cookie,
+        type,
+        offset,
+        length,
+        chunks: 0,
+        coverage: type === Cmd.Read ? new Coverage(offset, offset + length) : undefined,
+        buf: opts.buf,
+        resolve,
+        reject,
+      };
     });
     this.#pending.set(cookie, pending);
     const settled = replied.then(() => {}, () => {});
@@ -562,9 +588,10 @@ export class NbdDisk implements Disk {
       const e = p.error;
       const reason = `server error ${errnoText(e.errno)}${e.message ? `: ${e.message}` : ""}`;
       p.reject(nbdError(this.name, op, e.offset ?? p.offset, reason));
-    } else if (p.type === Cmd.Read && p.covered !== p.length) {
-      const reason =
-        `protocol error: the server answered ${p.covered} of ${p.length} bytes at offset ${p.offset}`;
+    } else if (p.type === Cmd.Read && !p.coverage!.complete) {
+      const reason = `protocol error: the server answered ${
+        p.coverage!.bytes
+      } of ${p.length} bytes at offset ${p.offset}`;
       p.reject(nbdError(this.name, op, p.offset, reason));
       this.#fail(reason);
     } else {
@@ -587,13 +614,21 @@ export class NbdDisk implements Disk {
         }
         const h = decodeReplyHeader(header);
         const p = this.#pending.get(h.cookie);
-        if (!p) throw new NbdProtocolError(`reply for unknown cookie ${h.cookie}`);
+        if (!p) {
+          throw new NbdProtocolError(
+            `reply for unknown cookie ${h.cookie} (no request with it is in flight)`,
+          );
+        }
         if (h.kind === "simple") {
-          if (h.error !== 0) {
+          if (p.chunks > 0) {
+            throw new NbdProtocolError(
+              `a simple reply to ${commandName(p.type)} after structured chunks`,
+            );
+          } else if (h.error !== 0) {
             p.error = { errno: h.error, message: "" };
           } else if (p.type === Cmd.Read) {
+            p.coverage!.add(p.offset, p.offset + p.length);
             await r.into(p.buf!);
-            p.covered = p.length;
           }
           this.#settle(p);
           continue;
@@ -602,76 +637,92 @@ export class NbdDisk implements Disk {
         if (h.flags & ReplyFlag.Done) this.#settle(p);
       }
     } catch (e) {
-      if (this.#closed && this.#pending.size === 0) return;
-      const reason = e instanceof NbdProtocolError
+      const protocol = e instanceof NbdProtocolError;
+      if (this.#closed && this.#pending.size === 0 && !protocol) return;
+      const reason = protocol
         ? `protocol error: ${e.message}`
         : e instanceof Deno.errors.BadResource || e instanceof Deno.errors.Interrupted
         ? (this.#failure ?? "the connection was closed")
         : reasonOf(e);
+      // A broken reply with nothing in flight (a stray or repeated reply) still condemns the
+      // connection: later requests fail with it, and so does close().
+      if (protocol && this.#pending.size === 0) this.#late ??= reason;
       this.#fail(reason);
     }
   }
 
-  /** Consumes the payload of one structured chunk into its request. */
+  /**
+   * Consumes the payload of one structured chunk into its request. Every field is checked
+   * before anything lands in the caller's buffer: chunks must lie inside the request, must not
+   * overlap, and must be of a type the request can have.
+   */
   async #chunk(p: Pending, type: number, length: number): Promise<void> {
     const r = this.#reader;
-    const inRange = (offset: number, n: number): void => {
-      if (offset < p.offset || offset + n > p.offset + p.length) {
-        throw new NbdProtocolError(
-          `chunk [${offset}, ${offset + n}) outside the request [${p.offset}, ${
-            p.offset + p.length
-          })`,
-        );
-      }
-    };
-    // Payloads other than data are small; a huge length is a broken server, not a reason to
-    // allocate gigabytes.
-    if (type !== ChunkType.OffsetData && length > MAX_META_PAYLOAD) {
-      throw new NbdProtocolError(`chunk of type ${type} with a ${length}-byte payload`);
+    const end = p.offset + p.length;
+    if (++p.chunks > 1024 + p.length / 512) {
+      throw new NbdProtocolError(
+        `more than ${p.chunks - 1} chunks for ${p.length} bytes of ${commandName(p.type)}`,
+      );
     }
     switch (type) {
       case ChunkType.None:
         if (length !== 0) throw new NbdProtocolError("NBD_REPLY_TYPE_NONE with a payload");
         return;
       case ChunkType.OffsetData: {
-        if (p.type !== Cmd.Read || length < 8) {
+        if (p.type !== Cmd.Read) {
           throw new NbdProtocolError(`unexpected data chunk for ${commandName(p.type)}`);
         }
+        if (length <= 8) throw new NbdProtocolError("an empty NBD_REPLY_TYPE_OFFSET_DATA");
         const offset = decodeDataOffset(await r.exact(8));
         const n = length - 8;
-        inRange(offset, n);
+        p.coverage!.add(offset, offset + n);
         await r.into(p.buf!.subarray(offset - p.offset, offset - p.offset + n));
-        p.covered += n;
         return;
       }
       case ChunkType.OffsetHole: {
         if (p.type !== Cmd.Read) {
           throw new NbdProtocolError(`unexpected hole chunk for ${commandName(p.type)}`);
         }
+        if (length !== 12) {
+          throw new NbdProtocolError("NBD_REPLY_TYPE_OFFSET_HOLE has a bad length");
+        }
         const hole = decodeOffsetHole(await r.exact(length));
-        inRange(hole.offset, hole.length);
+        p.coverage!.add(hole.offset, hole.offset + hole.length);
         p.buf!.fill(0, hole.offset - p.offset, hole.offset - p.offset + hole.length);
-        p.covered += hole.length;
         return;
       }
       case ChunkType.BlockStatus: {
         if (p.type !== Cmd.BlockStatus) {
           throw new NbdProtocolError(`unexpected block status for ${commandName(p.type)}`);
         }
-        const status = decodeBlockStatus(await r.exact(length));
-        if (status.contextId === this.info.allocationContext) {
-          (p.extents ??= []).push(...status.descriptors);
+        if (length > MAX_STATUS_PAYLOAD) {
+          throw new NbdProtocolError(`a block status chunk of ${length} bytes`);
         }
+        const payload = await r.exact(length);
+        if (length < 4) throw new NbdProtocolError("NBD_REPLY_TYPE_BLOCK_STATUS has a bad length");
+        const context = new DataView(payload.buffer, payload.byteOffset, 4).getUint32(0);
+        if (context !== this.info.allocationContext) return;
+        if (p.extents) {
+          throw new NbdProtocolError("two block status chunks for base:allocation in one reply");
+        }
+        p.extents = [];
+        appendExtents(payload, p.offset, end, this.size, p.extents);
         return;
       }
       default: {
         if (!isErrorChunk(type)) {
-          // Unknown informational chunks are skipped: they cannot change the outcome.
-          await r.skip(length);
-          return;
+          // No extension that adds chunk types was negotiated.
+          throw new NbdProtocolError(`unknown chunk type ${type}`);
+        }
+        if (length > MAX_ERROR_PAYLOAD) {
+          throw new NbdProtocolError(`an error chunk of ${length} bytes`);
         }
         const e = decodeErrorChunk(await r.exact(length), type);
-        if (e.offset !== undefined) inRange(e.offset, 0);
+        if (e.offset !== undefined && !(e.offset >= p.offset && e.offset < Math.max(end, 1))) {
+          throw new NbdProtocolError(
+            `error at offset ${e.offset} outside the request [${p.offset}, ${end})`,
+          );
+        }
         p.error ??= { errno: e.error, message: e.message, offset: e.offset };
         return;
       }
@@ -708,9 +759,10 @@ export class NbdDisk implements Disk {
   }
 
   /**
-   * Runs `fn` over `[offset, offset + length)` in pieces of at most `max`, all in flight at once
-   * (the slot limit keeps the connection busy without flooding it). When pieces fail, the one at
-   * the lowest offset is reported, after every piece has settled so no buffer is touched later.
+   * Runs `fn` over `[offset, offset + length)` in pieces of at most `max`, as many in flight as
+   * the connection allows (pieces are started as earlier ones finish, so memory does not grow
+   * with their number). When pieces fail, the one at the lowest offset is reported, after every
+   * started piece has settled so no buffer is touched later.
    */
   async #split(
     offset: number,
@@ -722,12 +774,24 @@ export class NbdDisk implements Disk {
       await fn(offset, length);
       return;
     }
-    const parts: Promise<unknown>[] = [];
-    for (let at = offset; at < offset + length; at += max) {
-      parts.push(fn(at, Math.min(max, offset + length - at)));
-    }
-    const results = await Promise.allSettled(parts);
-    for (const r of results) if (r.status === "rejected") throw r.reason;
+    const end = offset + length;
+    let next = offset;
+    let failedAt = Infinity;
+    let failure: unknown;
+    const lane = async () => {
+      while (next < end && failedAt === Infinity) {
+        const at = next;
+        next = Math.min(end, at + max);
+        try {
+          await fn(at, next - at);
+        } catch (error) {
+          if (at < failedAt) [failedAt, failure] = [at, error];
+        }
+      }
+    };
+    const lanes = Math.min(this.#options.maxInFlight, Math.ceil(length / max));
+    await Promise.all(Array.from({ length: lanes }, lane));
+    if (failedAt !== Infinity) throw failure;
   }
 
   /** Reads `buf.length` bytes at `offset`. */
@@ -826,38 +890,57 @@ export class NbdDisk implements Disk {
     const step = this.#maxLength < this.#options.blockStatusRange
       ? this.#maxLength
       : this.#options.blockStatusRange;
-    const data: { start: number; length: number }[] = [];
+    const count = Math.ceil(size / step);
+    // Each window keeps its share of the map; a server answering in tiny pieces gets its map
+    // coarsened (which only means reading more) and a bounded number of requests.
+    const share = Math.max(64, Math.floor(MAX_DATA_RANGES / Math.max(1, count)));
+    const perWindow: DataRange[][] = [];
     const windows: Promise<void>[] = [];
-    for (let start = 0; start < size; start += step) {
+    for (let i = 0; i < count; i++) {
+      const start = i * step;
       const end = Math.min(size, start + step);
       windows.push((async () => {
+        let data: DataRange[] = [];
+        const budget = statusBudget(end - start);
+        let requests = 0;
         let at = start;
         while (at < end) {
+          if (++requests > budget) {
+            throw nbdError(
+              this.name,
+              "allocation",
+              at,
+              `protocol error: block status in pieces too small: ${budget} requests covered only ${
+                at - start
+              } of ${end - start} bytes`,
+            );
+          }
           const p = await this.#request(Cmd.BlockStatus, 0, at, end - at);
-          const extents = p.extents ?? [];
-          if (extents.length === 0) {
+          if (!p.extents || p.extents.length === 0) {
             throw nbdError(this.name, "allocation", at, "the server returned no extents");
           }
-          for (const d of extents) {
-            if (d.length === 0) {
-              throw nbdError(this.name, "allocation", at, "the server returned an empty extent");
+          for (const run of p.extents) {
+            if (run.data) {
+              const last = data[data.length - 1];
+              if (last && last.start + last.length === at) last.length += run.length;
+              else data.push({ start: at, length: run.length });
             }
-            const n = Math.min(d.length, end - at);
-            if (!(d.flags & (StateFlag.Hole | StateFlag.Zero))) data.push({ start: at, length: n });
-            at += n;
-            if (at >= end) break;
+            at += run.length;
           }
+          if (data.length > 2 * share) data = coarsen(data, share);
         }
+        perWindow[i] = coarsen(data, share);
       })());
     }
     const results = await Promise.allSettled(windows);
     for (const r of results) if (r.status === "rejected") throw r.reason;
-    return ExtentSet.of(data);
+    return ExtentSet.of(perWindow.flat());
   }
 
   /**
    * Waits (briefly) for requests in flight, sends `NBD_CMD_DISC` and closes the socket.
-   * Idempotent.
+   * Idempotent. Rejects when the server broke the protocol after its last answer (a reply to
+   * nothing in flight): the copy must not count as clean.
    */
   close(): Promise<void> {
     this.#closing ??= this.#close();
@@ -889,6 +972,9 @@ export class NbdDisk implements Disk {
       this.#conn.close();
     } catch { /* already closed */ }
     await this.#readerDone;
+    if (this.#late !== undefined) {
+      throw nbdError(this.name, this.#options.writable ? "write" : "read", undefined, this.#late);
+    }
   }
 }
 
@@ -901,7 +987,9 @@ async function readOptionReply(
   option: number,
 ): Promise<{ type: number; payload: Uint8Array }> {
   const h = decodeOptionReplyHeader(await r.exact(OPTION_REPLY_HEADER_SIZE), option);
-  if (h.length > 64 * 1024 * 1024) throw new NbdProtocolError("option reply too large");
+  if (h.length > MAX_OPTION_REPLY) {
+    throw new NbdProtocolError(`a ${h.length}-byte reply to ${optionName(option)}`);
+  }
   const payload = (await r.exact(h.length)).slice();
   return { type: h.type, payload };
 }
@@ -990,18 +1078,14 @@ async function handshake(
   }
   if (size === undefined) throw new NbdProtocolError("the server sent no NBD_INFO_EXPORT");
   if (!(transmissionFlags & TransmissionFlag.HasFlags)) transmissionFlags = 0;
-  const minimumBlock = block?.minimum ?? 1;
-  const maximumBlock = Math.max(minimumBlock, block?.maximum ?? DEFAULT_MAX_BLOCK);
-  if (minimumBlock & (minimumBlock - 1) || minimumBlock > 65536) {
-    throw new NbdProtocolError(`unusable minimum block size ${minimumBlock}`);
-  }
+  const limits = blockLimits(block, size);
   return {
     size,
     transmissionFlags,
     structuredReplies,
     allocationContext: structuredReplies ? allocationContext : undefined,
-    minimumBlock,
-    preferredBlock: block?.preferred ?? 4096,
-    maximumBlock,
+    minimumBlock: limits.minimum,
+    preferredBlock: limits.preferred,
+    maximumBlock: limits.maximum,
   };
 }

@@ -9,6 +9,14 @@ import { ExtentSet } from "../../src/core/extent.ts";
 import { NbdDisk } from "../../src/nbd/nbd_disk.ts";
 import {
   ChunkType,
+  HandshakeFlag,
+  Opt,
+  Rep,
+  ReplyFlag,
+  type Request,
+  TransmissionFlag,
+} from "../../src/nbd/protocol.ts";
+import {
   decodeClientFlags,
   decodeOptionHeader,
   decodeRequest,
@@ -19,13 +27,7 @@ import {
   encodeOffsetData,
   encodeOffsetHole,
   encodeOptionReply,
-  HandshakeFlag,
-  Opt,
-  Rep,
-  ReplyFlag,
-  type Request,
-  TransmissionFlag,
-} from "../../src/nbd/protocol.ts";
+} from "../_support/nbd_server.ts";
 import { ExitCode } from "../../src/core/errors.ts";
 import { runMain, sameBytes, sh, withTempDir } from "../_support/helpers.ts";
 import { qemuRawToVhd } from "../_support/vhd_tools.ts";
@@ -337,6 +339,42 @@ Deno.test("NbdDisk splits requests at the server's maximum block size (the serve
       } finally {
         await disk.close();
       }
+    });
+  });
+});
+
+Deno.test("a server with a 1 KiB maximum block size gets thousands of requests of at most 1 KiB, and the data is exact", async () => {
+  await withTempDir(async (dir) => {
+    await withServers(async (track) => {
+      const log = `${dir}/log.txt`;
+      const srv = track(
+        await nbdkit(dir, "unix", ["memory", "4M"], [
+          "--filter=log",
+          "--filter=blocksize-policy",
+          "blocksize-preferred=512",
+          "blocksize-maximum=1024",
+          "blocksize-error-policy=error",
+          `logfile=${log}`,
+        ]),
+      );
+      const disk = await NbdDisk.open(srv.uri, { writable: true, maxInFlight: 8 });
+      try {
+        deepStrictEqual(
+          [disk.info.minimumBlock, disk.info.preferredBlock, disk.info.maximumBlock],
+          [1, 512, 1024],
+        );
+        const buf = new Prng(5).fill(new Uint8Array(2 * MiB + 777));
+        await disk.write(333, buf);
+        await disk.flush();
+        const back = new Uint8Array(buf.length);
+        await disk.read(333, back);
+        deepStrictEqual(back, buf);
+      } finally {
+        await disk.close();
+      }
+      const writes = await logged(log, "Write");
+      strictEqual(writes.length, Math.ceil((2 * MiB + 777) / 1024));
+      ok(writes.every((w) => w.count <= 1024));
     });
   });
 });
