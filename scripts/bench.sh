@@ -59,15 +59,17 @@ if [ -z "${SPARSE_DD:-}" ]; then
   BUNDLE=$(mktemp --suffix=.js /var/tmp/sparse_dd_bench_bundle.XXXXXX)
   "$DENO" bundle --quiet --platform=deno -o "$BUNDLE" "$ROOT/main.ts"
 fi
-SD=${SPARSE_DD:-"$DENO run -A --quiet --no-config --no-lock $BUNDLE"}
-SD_PREFIX=$SD # what the rows show instead of the full command
-
 if [ -n "${BENCH_DIR:-}" ]; then
   WORK=$BENCH_DIR
   mkdir -p "$WORK"
 else
   WORK=$(mktemp -d /var/tmp/sparse_dd_bench.XXXXXX)
 fi
+# A Deno cache of its own (V8's code cache of the bundle, filled by the warm-up round), as on a
+# host where nothing else runs Deno: a cache shared with busy neighbours costs start-up.
+mkdir -p "$WORK/deno-dir"
+SD=${SPARSE_DD:-"env DENO_DIR=$WORK/deno-dir $DENO run -A --quiet --no-config --no-lock $BUNDLE"}
+SD_PREFIX=$SD # what the rows show instead of the full command
 RESULTS=$WORK/results.tsv
 # The block device under the work directory: its write requests and busy time (io_ticks) are
 # recorded around every timed run, to show when the disk, not the tool, sets the pace.

@@ -208,7 +208,9 @@ para(
     "cache is warm (sources are read from memory). Each timed command is the tool followed by " +
     "`sync -d DEST`, so every tool's output is durable when the clock stops (sparse_dd flushes " +
     "itself; cp, dd and nbdcopy do not); START times the command alone, under the same " +
-    "`bash -c` and `/usr/bin/time` as every run (a few ms of their own). Fresh-file scenarios " +
+    "`bash -c` and `/usr/bin/time` as every run (a few ms of their own). sparse_dd runs as " +
+    "`scripts/install.sh` installs it (the bundle under `deno run`) with a Deno cache directory " +
+    "of its own, filled by the warm-up round. Fresh-file scenarios " +
     "delete the destination before each run (untimed); the not-prezeroed ones first rewrite it " +
     "with 0xFF (untimed), so zeroes must land. CPU is user + system seconds of the timed " +
     "command and everything it started (`/usr/bin/time`, which also gives peak RSS: the largest " +
