@@ -41,3 +41,19 @@ Deno.test("scripts/build.sh always produces a bundle that runs as xapi runs spar
     ok(await sameBytes(src, `${dir}/dst.raw`));
   });
 });
+
+Deno.test("the program imports no node: module (loading Deno's Node layer costs every run 15-20 ms)", async () => {
+  await withTempDir(async (dir) => {
+    const out = `${dir}/bundle.js`;
+    const b = await new Deno.Command(Deno.execPath(), {
+      args: ["bundle", "--quiet", "--platform=deno", "-o", out, `${ROOT}/main.ts`],
+      stderr: "piped",
+    }).output();
+    strictEqual(b.code, 0, new TextDecoder().decode(b.stderr));
+    const text = await Deno.readTextFile(out);
+    const nodeImports = [...text.matchAll(/(?:from|import\()\s*["'](node:[^"']+)["']/g)].map((m) =>
+      m[1]
+    );
+    strictEqual(nodeImports.length, 0, `the bundle imports ${nodeImports.join(", ")}`);
+  });
+});

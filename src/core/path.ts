@@ -1,5 +1,6 @@
 /**
- * POSIX path arithmetic (`node:path`'s `posix.dirname`, `basename`, `normalize`, `join`) without
+ * POSIX path arithmetic (`node:path`'s `posix.dirname`, `basename`, `normalize`, `join`,
+ * `resolve`) without
  * importing `node:path`: a `node:` import starts Deno's Node compatibility layer, several
  * milliseconds of every run's start-up.
  *
@@ -68,4 +69,20 @@ export function normalize(path: string): string {
 export function join(...parts: string[]): string {
   const joined = parts.filter((p) => p !== "").join("/");
   return joined === "" ? "." : normalize(joined);
+}
+
+/**
+ * The absolute path the arguments name, read right to left until one is absolute, else from the
+ * working directory; normalised, without a trailing slash (as `posix.resolve`).
+ */
+export function resolve(...paths: string[]): string {
+  let out = "";
+  for (let i = paths.length - 1; i >= -1; i--) {
+    const p = i >= 0 ? paths[i] : Deno.cwd();
+    if (p === "") continue;
+    out = out === "" ? p : `${p}/${out}`;
+    if (p.startsWith("/")) break;
+  }
+  const n = normalize(out);
+  return n.length > 1 && n.endsWith("/") ? n.slice(0, -1) : n;
 }

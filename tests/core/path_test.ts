@@ -1,6 +1,6 @@
 import { strictEqual } from "node:assert/strict";
 import { posix } from "node:path";
-import { basename, dirname, join, normalize } from "../../src/core/path.ts";
+import { basename, dirname, join, normalize, resolve } from "../../src/core/path.ts";
 import { Prng } from "../_support/prng.ts";
 
 const PIECES = ["", "/", "//", ".", "..", "a", "b.vhd", "./", "../", "c/", "\\"];
@@ -18,5 +18,7 @@ Deno.test("path arithmetic agrees with node:path's posix functions on random pat
     strictEqual(normalize(p), posix.normalize(p), `normalize ${JSON.stringify(p)}`);
     const q = randomPath(r);
     strictEqual(join(p, q), posix.join(p, q), `join ${JSON.stringify([p, q])}`);
+    strictEqual(resolve(p, q), posix.resolve(p, q), `resolve ${JSON.stringify([p, q])}`);
+    strictEqual(resolve(p), posix.resolve(p), `resolve ${JSON.stringify(p)}`);
   }
 });
