@@ -52,6 +52,8 @@ export function copyArgv(req: CopyRequest, statsFile: string): string[] {
   if (req.size !== undefined) argv.push("-size", String(req.size));
   if (req.prezeroed) argv.push("-prezeroed");
   if (req.base !== undefined) argv.push("-base", req.base);
+  if (req.destProto !== undefined) argv.push("-dest-proto", req.destProto);
+  if (req.nbdExport !== undefined) argv.push("-nbd-export", req.nbdExport);
   argv.push("-stats-file", statsFile);
   return argv;
 }

@@ -26,6 +26,7 @@ import { type OpState, OpStore } from "./ops.ts";
 import { privateDirectory, readNoFollow } from "./trust.ts";
 import type { CopyRequest } from "./validate.ts";
 import { TaskProgress } from "./xenapi.ts";
+import { redactSecrets } from "../src/http/url.ts";
 
 /** What `start` hands its worker on stdin. */
 export interface WorkerOrder {
@@ -131,7 +132,9 @@ export async function runWorker(opDir: string, config: PluginConfig): Promise<vo
   } catch { /* a second worker for this operation, or the directory is gone: no log */ }
   const log = (line: string) => {
     try {
-      const bytes = new TextEncoder().encode(`${new Date().toISOString()} ${line}\n`);
+      // A URL destination's session id and credentials never reach the log.
+      const text = redactSecrets(line);
+      const bytes = new TextEncoder().encode(`${new Date().toISOString()} ${text}\n`);
       let off = 0;
       while (logFile && off < bytes.length) off += logFile.writeSync(bytes.subarray(off));
     } catch { /* the directory is gone */ }

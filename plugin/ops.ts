@@ -28,6 +28,7 @@
 
 import { othersMayWrite, privateDirectory, readNoFollow, UnsafeDirectory } from "./trust.ts";
 import type { CopyRequest } from "./validate.ts";
+import { redactSecrets } from "../src/http/url.ts";
 
 /** The default state directory. */
 export const DEFAULT_STATE_DIR = "/var/run/nonpersistent/sparse_dd";
@@ -170,7 +171,8 @@ export class OpStore {
       state: "starting",
       percent: 0,
       src: req.src,
-      dest: req.dest,
+      // A URL's session id and credentials stay in request.json (mode 0700) only.
+      dest: redactSecrets(req.dest),
       size: req.size ?? null,
       base: req.base ?? null,
       prezeroed: req.prezeroed,

@@ -27,13 +27,19 @@ import { basename, dirname, join } from "../src/core/path.ts";
 import { parseBytes } from "../src/cli/values.ts";
 import { ErrorCode, PluginFailure } from "./protocol.ts";
 import { isWithin, untrustedReason } from "./trust.ts";
+import { isRemoteUrl, parseRemoteUrl, redactSecrets } from "../src/http/url.ts";
 
 /** A validated copy: what the plugin passes to `sparse_dd`. */
 export interface CopyRequest {
   /** Resolved path of an acceptable block device or regular file. */
   src: string;
-  /** Resolved path of an acceptable block device or regular file (the plugin created a new one). */
+  /** Resolved path of an acceptable block device or regular file (the plugin created a new one);
+   * or an http(s) URL of xapi's chunked import or NBD proxy (docs/remote.md). */
   dest: string;
+  /** `-dest-proto` for a URL destination: `nbd` or `chunked`. */
+  destProto?: "nbd" | "chunked";
+  /** `-nbd-export` for a URL destination. */
+  nbdExport?: string;
   /** Bytes to copy; absent: the source's size. */
   size?: number;
   /** Resolved path of an acceptable block device or regular file. */
@@ -185,8 +191,9 @@ export interface DiskPolicy {
 export interface ResolvedDisk {
   /** The resolved path (no symlinks, no `..`): what sparse_dd is given. */
   path: string;
-  /** What it is; `new` is a destination file that does not exist yet. */
-  kind: "block" | "file" | "new";
+  /** What it is; `new` is a destination file that does not exist yet; `remote` an http(s)
+   * destination (then `path` is the URL). */
+  kind: "block" | "file" | "new" | "remote";
   /** Device and inode, for telling two names of one disk apart. */
   id?: string;
 }
@@ -335,11 +342,47 @@ export async function createDestination(path: string, value: string): Promise<vo
  * ```
  */
 export function resolveDestination(value: string, policy: DiskPolicy): Promise<ResolvedDisk> {
+  // A URL bypasses the local-path rules: it is checked as a URL (docs/remote.md).
+  if (isRemoteUrl(value)) {
+    return Promise.resolve({ path: checkRemoteDestination(value), kind: "remote" });
+  }
   return resolveDisk("dest", value, policy, true);
 }
 
 /** The arguments `copy` and `start` take. */
-export const COPY_ARGS = ["src", "dest", "size", "base", "prezeroed", "task_ref"] as const;
+export const COPY_ARGS = [
+  "src",
+  "dest",
+  "size",
+  "base",
+  "prezeroed",
+  "task_ref",
+  "dest_proto",
+  "nbd_export",
+] as const;
+
+/**
+ * An http(s) destination: a URL sparse_dd can open, with no control characters; errors show it
+ * with its session id and credentials redacted.
+ *
+ * @example
+ * ```ts
+ * import { checkRemoteDestination } from "./validate.ts";
+ * checkRemoteDestination("https://10.0.0.2/import_raw_vdi?vdi=OpaqueRef:x&session_id=OpaqueRef:s");
+ * ```
+ */
+export function checkRemoteDestination(url: string): string {
+  const shown = redactSecrets(url);
+  if (url.length > 8192) invalid("dest", shown, "is longer than 8192 characters");
+  // deno-lint-ignore no-control-regex
+  if (/[\x00-\x20\x7f]/.test(url)) invalid("dest", shown, "holds spaces or control characters");
+  try {
+    parseRemoteUrl(url);
+  } catch (e) {
+    invalid("dest", shown, redactSecrets((e as Error).message));
+  }
+  return url;
+}
 
 /**
  * Validates the arguments of `copy`/`start` against `policy`; creates a new destination file
@@ -358,6 +401,7 @@ export async function validateCopy(
   checkKnown(args, COPY_ARGS);
   const srcText = checkPathSyntax("src", required(args, "src"));
   const destText = required(args, "dest");
+  const remote = isRemoteUrl(destText);
   const sizeText = optional(args, "size");
   const baseText = optional(args, "base");
   const prezeroedText = optional(args, "prezeroed");
@@ -366,6 +410,19 @@ export async function validateCopy(
   const size = sizeText === undefined ? undefined : parseSize("size", sizeText);
   if (baseText !== undefined) checkPathSyntax("base", baseText);
   const taskRef = taskText === undefined ? undefined : parseRef("task_ref", taskText);
+  const destProto = optional(args, "dest_proto");
+  const nbdExport = optional(args, "nbd_export");
+  if (!remote && (destProto !== undefined || nbdExport !== undefined)) {
+    const name = destProto !== undefined ? "dest_proto" : "nbd_export";
+    invalid(name, args[name], "only for an http(s) dest");
+  }
+  if (destProto !== undefined && destProto !== "nbd" && destProto !== "chunked") {
+    invalid("dest_proto", destProto, "expected nbd or chunked");
+  }
+  // deno-lint-ignore no-control-regex
+  if (nbdExport !== undefined && (nbdExport.length > 4096 || /[\x00-\x1f\x7f]/.test(nbdExport))) {
+    invalid("nbd_export", nbdExport, "is longer than 4096 characters or holds control characters");
+  }
   const src = await resolveDisk("src", srcText, policy, false);
   const base = baseText === undefined
     ? undefined
@@ -379,5 +436,7 @@ export async function validateCopy(
   if (size !== undefined) req.size = size;
   if (base !== undefined) req.base = base.path;
   if (taskRef !== undefined) req.taskRef = taskRef;
+  if (destProto !== undefined) req.destProto = destProto;
+  if (nbdExport !== undefined) req.nbdExport = nbdExport;
   return req;
 }

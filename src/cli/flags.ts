@@ -14,6 +14,7 @@ import type { SourceDiscoveryOptions } from "../discovery/source_allocation.ts";
 import { VHD_FLAGS, type VhdOptions, vhdOptionsFrom } from "./vhd_flags.ts";
 import { parseBool, parseBytes, parseInteger, parseSeconds } from "./values.ts";
 import { isNbdUri } from "../nbd/protocol.ts";
+import { type EncryptionMode, isRemoteUrl, parseEncryptionMode } from "../http/url.ts";
 import { DEFAULT_QUANTUM } from "../copy/quantum.ts";
 import { errorText } from "../core/error_text.ts";
 
@@ -46,8 +47,9 @@ export const FLAGS: Record<string, FlagSpec> = {
   src: { kind: "string", arg: "PATH", help: "source disk: block device or file" },
   dest: {
     kind: "string",
-    arg: "PATH",
-    help: "destination disk: block device or file (created if missing)",
+    arg: "PATH|URL",
+    help: "destination disk: block device or file (created if missing), nbd:// URI, or " +
+      "http(s):// URL of xapi's chunked import or NBD proxy (docs/remote.md)",
   },
   size: {
     kind: "string",
@@ -112,14 +114,19 @@ export const FLAGS: Record<string, FlagSpec> = {
   "dest-proto": {
     kind: "string",
     arg: "PROTO",
-    help:
-      "destination protocol: none (file or device) or nbd (needs an nbd:// or nbd+unix:// -dest)",
+    help: "destination protocol: none (file or device), nbd (an nbd:// URI, or an http(s) URL " +
+      "answering 'Transfer-encoding: nbd'), chunked (an http(s) URL)",
+  },
+  "http-timeout": {
+    kind: "string",
+    arg: "SECONDS",
+    help: "seconds allowed for an http(s) destination to connect, answer, and take each frame, " +
+      "0 = no limit (default 60)",
   },
   "good-ciphersuites": {
     kind: "string",
     arg: "LIST",
-    help: "TLS ciphers for https destinations",
-    inert: "no https destinations",
+    help: "TLS ciphers for https destinations (OpenSSL names; see docs/remote.md)",
   },
   "legacy-ciphersuites": {
     kind: "string",
@@ -131,25 +138,21 @@ export const FLAGS: Record<string, FlagSpec> = {
   "encryption-mode": {
     kind: "string",
     arg: "MODE",
-    help: "http/https rewriting",
-    inert: "no http destinations",
+    help: "always (http becomes https), never (https becomes http), user (default: as given)",
   },
   "verify-dest": {
     kind: "boolean",
-    help: "verify the TLS certificate of an https destination",
-    inert: "no https destinations",
+    help: "verify the TLS certificate chain of an https destination (not its host name)",
   },
   "cert-bundle-path": {
     kind: "string",
     arg: "PATH",
-    help: "CA bundle for -verify-dest",
-    inert: "no https destinations",
+    help: "CA bundle (PEM) for -verify-dest: the only trusted roots",
   },
   sni: {
     kind: "string",
     arg: "HOST",
-    help: "TLS SNI for https destinations",
-    inert: "no https destinations",
+    help: "TLS server name to send to an https destination (none without it)",
   },
   test: {
     kind: "boolean",
@@ -185,11 +188,25 @@ export interface Options {
   nbdExport?: string;
   /** `-nbd-timeout` in milliseconds; `undefined`: the default. */
   nbdTimeoutMs?: number;
+  /** An http(s) destination: how to reach it (`undefined` for local and nbd:// ones). */
+  remote?: RemoteFlags;
   /** `-threads`: threads sharing the copy (1: the main thread alone); `undefined`: by the
    * destination (see `DEVICE_THREADS`). */
   threads?: number;
   /** Flags given that have no effect here, for the stderr note. */
   inert: string[];
+}
+
+/** The flags of an http(s) destination (see `src/http/remote.ts`). */
+export interface RemoteFlags {
+  encryptionMode: EncryptionMode;
+  destProto?: "nbd" | "chunked";
+  /** `-http-timeout` in milliseconds; `undefined`: the default. */
+  httpTimeoutMs?: number;
+  verify: boolean;
+  certBundlePath?: string;
+  sni?: string;
+  ciphers?: string;
 }
 
 /** What parsing decided: run a copy, or print something and exit. */
@@ -317,11 +334,17 @@ export async function parse(argv: string[]): Promise<ParseResult> {
       `invalid -progress value '${progress}': expected auto, bar or none`,
     );
   }
-  // -dest-proto: xapi's NBD destinations arrive through an HTTP upgrade (not supported here);
-  // a bare host:port is not accepted either: NBD destinations are always URIs.
+  // -dest-proto: xapi's NBD destinations arrive through an HTTP upgrade (an http(s) -dest); a
+  // bare host:port is not accepted: other NBD destinations are always URIs.
   const destProto = str("dest-proto");
-  // http(s) destinations (with or without -dest-proto) get open.ts's own refusal.
-  if (destProto !== undefined && !/^https?:\/\//i.test(str("dest")!)) {
+  const remoteDest = isRemoteUrl(str("dest")!);
+  if (remoteDest && destProto !== undefined && destProto !== "nbd" && destProto !== "chunked") {
+    throw new SparseDdError(
+      ExitCode.Usage,
+      `-dest-proto ${destProto} does not fit an http(s) destination: use nbd or chunked`,
+    );
+  }
+  if (destProto !== undefined && !remoteDest) {
     const nbdDest = isNbdUri(str("dest")!);
     if (destProto === "nbd" && !nbdDest) {
       throw new SparseDdError(
@@ -334,7 +357,8 @@ export async function parse(argv: string[]): Promise<ParseResult> {
     if (destProto !== "nbd" && destProto !== "none") {
       throw new SparseDdError(
         ExitCode.Usage,
-        `-dest-proto ${destProto} is not supported: only none (files and devices) and nbd (NBD URIs)`,
+        `-dest-proto ${destProto} is not supported: only none (files and devices), nbd (NBD URIs ` +
+          "and http(s) URLs) and chunked (http(s) URLs)",
       );
     }
     if (destProto === "none" && nbdDest) {
@@ -350,6 +374,26 @@ export async function parse(argv: string[]): Promise<ParseResult> {
     : parseSeconds(nbdTimeoutText, "-nbd-timeout", "no limit");
   if (values["verify-dest"] && !str("cert-bundle-path")) {
     throw new SparseDdError(ExitCode.Usage, "-verify-dest needs -cert-bundle-path");
+  }
+  let remote: RemoteFlags | undefined;
+  let encryptionMode: EncryptionMode;
+  try {
+    encryptionMode = parseEncryptionMode(str("encryption-mode"));
+  } catch (e) {
+    throw new SparseDdError(ExitCode.Usage, (e as Error).message);
+  }
+  if (remoteDest) {
+    remote = {
+      encryptionMode,
+      destProto: destProto as "nbd" | "chunked" | undefined,
+      httpTimeoutMs: str("http-timeout") === undefined
+        ? undefined
+        : parseSeconds(str("http-timeout")!, "-http-timeout", "no limit"),
+      verify: values["verify-dest"] === true,
+      certBundlePath: str("cert-bundle-path"),
+      sni: str("sni"),
+      ciphers: str("good-ciphersuites"),
+    };
   }
   const inert: string[] = [];
   for (const [name, spec] of Object.entries(FLAGS)) {
@@ -386,6 +430,7 @@ export async function parse(argv: string[]): Promise<ParseResult> {
         : parseInteger(str("ionice_class_data")!, "-ionice_class_data", 0, 7),
       nbdExport: str("nbd-export"),
       nbdTimeoutMs,
+      remote,
       threads: str("threads") === undefined
         ? undefined
         : parseInteger(str("threads")!, "-threads", 1, MAX_THREADS),

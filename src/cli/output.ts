@@ -7,6 +7,7 @@
 import type { CopyStats } from "../copy/copier.ts";
 import type { DiscoverySummary } from "../discovery/source_allocation.ts";
 import { formatBytes } from "./progress.ts";
+import { redactSecrets } from "../http/url.ts";
 
 const encoder = new TextEncoder();
 export function writeAllSync(fd: { writeSync(p: Uint8Array): number }, text: string): void {
@@ -15,9 +16,9 @@ export function writeAllSync(fd: { writeSync(p: Uint8Array): number }, text: str
   while (off < bytes.length) off += fd.writeSync(bytes.subarray(off));
 }
 
-/** A line on stderr, prefixed with the program name. */
+/** A line on stderr, prefixed with the program name; session ids and credentials redacted. */
 export function note(text: string): void {
-  writeAllSync(Deno.stderr, `sparse_dd: ${text}\n`);
+  writeAllSync(Deno.stderr, `sparse_dd: ${redactSecrets(text)}\n`);
 }
 
 /** The stats as JSON, with what the copy was. */

@@ -15,6 +15,8 @@ import { isNbdUri } from "../nbd/protocol.ts";
 import { HumanProgress, MachineProgress, NoProgress, type ProgressReporter } from "./progress.ts";
 import { DEVICE_THREADS, LANE_SEGMENT, type Options } from "./flags.ts";
 import { note, type Report } from "./output.ts";
+import { isRemoteUrl, redactSecrets } from "../http/url.ts";
+import { remoteOpenOptions } from "./remote_flags.ts";
 
 async function applyPriorities(o: Options): Promise<void> {
   const run = async (cmd: string, args: string[]) => {
@@ -70,8 +72,10 @@ export async function runCopy(
     nbdTimeoutMs: o.nbdTimeoutMs,
     srcFormat: o.vhd.srcFormat,
     vhdBackend: o.vhd.backend,
+    remote: await remoteOpenOptions(o),
   };
-  if (o.nbdExport !== undefined && !isNbdUri(o.dest)) {
+  const remote = isRemoteUrl(o.dest);
+  if (o.nbdExport !== undefined && !isNbdUri(o.dest) && !remote) {
     note(`note: -nbd-export ${o.nbdExport} ignored: the destination is not an NBD URI`);
   }
   let src: Disk | undefined;
@@ -81,7 +85,9 @@ export async function runCopy(
     // Other threads open the disks by name themselves, so only local disks are shared (an NBD
     // server may not take more connections).
     const threads = o.threads ?? (await isBlockDevice(o.dest) ? DEVICE_THREADS : 1);
-    if (entry.laneWorker && threads > 1 && !isNbdUri(o.src) && !isNbdUri(o.dest)) {
+    if (
+      entry.laneWorker && threads > 1 && !isNbdUri(o.src) && !isNbdUri(o.dest) && !remote
+    ) {
       lanes = startLanes({
         worker: entry.laneWorker,
         count: threads - 1,
@@ -97,7 +103,8 @@ export async function runCopy(
     src = await openSource(o.src, openOpts).catch((err) => {
       throw tag(err, "source");
     });
-    const size = o.size ?? src.size;
+    // xapi's storage migration passes the remote VDI's size, which may exceed the source's.
+    const size = remote ? Math.min(o.size ?? src.size, src.size) : o.size ?? src.size;
     if (size > src.size) {
       throw new SparseDdError(
         ExitCode.Usage,
@@ -131,7 +138,7 @@ export async function runCopy(
     if (dst.size < size) {
       throw new SparseDdError(
         ExitCode.Destination,
-        `destination ${o.dest} is smaller (${dst.size} bytes) than -size ${size}`,
+        `destination ${redactSecrets(o.dest)} is smaller (${dst.size} bytes) than -size ${size}`,
       );
     }
     for (const n of notes) note(n);
@@ -166,7 +173,7 @@ export async function runCopy(
     });
     const report: Report = {
       src: o.src,
-      dest: o.dest,
+      dest: redactSecrets(o.dest),
       prezeroed,
       base: o.base ?? o.vhd.baseVhd ?? null,
       allocation: alloc.route,

@@ -12,6 +12,8 @@ import { NbdDisk } from "../nbd/nbd_disk.ts";
 import { isNbdUri, parseNbdUri } from "../nbd/protocol.ts";
 import type { VhdBackend } from "../vhd/libvhd.ts";
 import { isVhdSource, VhdDisk } from "../vhd/vhd_disk.ts";
+import { isRemoteUrl, redactSecrets } from "../http/url.ts";
+import { openRemote, type RemoteOptions } from "../http/remote.ts";
 
 /** What the command line says about how to open disks. */
 export interface OpenOptions {
@@ -25,6 +27,8 @@ export interface OpenOptions {
   nbdExport?: string;
   /** `-nbd-timeout`: milliseconds allowed for connecting and for each NBD request (0: no limit). */
   nbdTimeoutMs?: number;
+  /** How to reach an http(s) destination (`-encryption-mode`, TLS, `-dest-proto`, timeouts). */
+  remote?: Omit<RemoteOptions, "nbdExport" | "nbdTimeoutMs">;
 }
 
 /**
@@ -49,12 +53,12 @@ async function openNbd(
   });
 }
 
-/** A `-dest` the tool cannot write to at all (http/https uploads are not implemented). */
-function refuseUnsupported(spec: string): void {
-  if (/^https?:\/\//i.test(spec)) {
+/** A source that can only be a destination (xapi's imports take data; they give none). */
+function refuseRemoteSource(spec: string, role: string): void {
+  if (isRemoteUrl(spec)) {
     throw new SparseDdError(
       ExitCode.Usage,
-      `${spec}: http(s) destinations are not supported by this sparse_dd; attach the VDI locally or use an nbd:// URI`,
+      `${redactSecrets(spec)}: an http(s) URL can only be the destination, not the ${role}`,
     );
   }
 }
@@ -70,7 +74,7 @@ function refuseUnsupported(spec: string): void {
  * ```
  */
 export async function openSource(spec: string, options: OpenOptions = {}): Promise<Disk> {
-  refuseUnsupported(spec);
+  refuseRemoteSource(spec, "source");
   if (isNbdUri(spec)) return await openNbd(spec, false, options);
   // A VHD file is read as the disk it describes (its chain), not as its bytes.
   if (await isVhdSource(spec, options.srcFormat ?? "auto")) {
@@ -95,7 +99,14 @@ export async function openDestination(
   size: number,
   options: OpenOptions = {},
 ): Promise<Disk> {
-  refuseUnsupported(spec);
+  if (isRemoteUrl(spec)) {
+    return await openRemote(spec, size, {
+      tls: { verify: false },
+      ...options.remote,
+      nbdExport: options.nbdExport,
+      nbdTimeoutMs: options.nbdTimeoutMs,
+    });
+  }
   // An NBD export has its own size and is never assumed to be zero (only -prezeroed says so).
   if (isNbdUri(spec)) return await openNbd(spec, true, options);
   return await FileDisk.open(spec, {

@@ -32,6 +32,7 @@ import {
   decodeInfoReply,
   decodeMetaContextReply,
   decodeOffsetHole,
+  decodeOldstyleGreeting,
   decodeOptionReplyHeader,
   decodeReplyHeader,
   DEFAULT_MAX_BLOCK,
@@ -46,9 +47,11 @@ import {
   GREETING_SIZE,
   Info,
   isErrorChunk,
+  isOldstyleGreeting,
   isOptionError,
   NbdProtocolError,
   type NbdTarget,
+  OLDSTYLE_GREETING_SIZE,
   Opt,
   OPTION_REPLY_HEADER_SIZE,
   optionName,
@@ -64,7 +67,20 @@ import {
 } from "./protocol.ts";
 import { errorText } from "../core/error_text.ts";
 
-/** Options of {@linkcode NbdDisk.open}. */
+/**
+ * What the client needs of a connection: a socket (`Deno.Conn`), or a stream that was
+ * something else first (an HTTP connection upgraded to NBD, see `src/http/`).
+ */
+export interface NbdConnection {
+  /** Reads some bytes; `null` at the end of the stream. */
+  read(buf: Uint8Array): Promise<number | null>;
+  /** Writes some of `buf`; the buffer may be reused once it resolves. */
+  write(buf: Uint8Array): Promise<number>;
+  /** Drops the connection. */
+  close(): void;
+}
+
+/** Options of {@linkcode NbdDisk.open} and {@linkcode NbdDisk.attach}. */
 export interface NbdOptions {
   /** Export name to ask for instead of the one in the URI (`-nbd-export`). */
   exportName?: string;
@@ -88,6 +104,15 @@ export interface NbdOptions {
    * answers; failures surface on the next call or on `flush`. Default true.
    */
   writeBehind?: boolean;
+  /**
+   * `full` (default): structured replies, `base:allocation`, `NBD_OPT_GO`. `export-name`: only
+   * `NBD_OPT_EXPORT_NAME` and simple replies, as xapi's sparse_dd speaks to tapdisk through
+   * xapi's NBD proxy; oldstyle servers are accepted too, only in this mode.
+   */
+  negotiation?: "full" | "export-name";
+  /** Use `NBD_CMD_WRITE_ZEROES` when the server offers it. Default true; false writes zero
+   * buffers (only `NBD_CMD_WRITE`, as xapi does over its proxy). */
+  writeZeroes?: boolean;
 }
 
 /** What the handshake learnt about the export. */
@@ -133,12 +158,12 @@ const ZERO_BUFFER = 4 * 1024 * 1024;
  * straight in their final buffer.
  */
 class ByteReader {
-  #conn: Deno.Conn;
+  #conn: NbdConnection;
   #buf = new Uint8Array(256 * 1024);
   #start = 0;
   #end = 0;
 
-  constructor(conn: Deno.Conn) {
+  constructor(conn: NbdConnection) {
     this.#conn = conn;
   }
 
@@ -248,7 +273,7 @@ function reasonOf(err: unknown): string {
 }
 
 /** Writes every byte (a socket write may take only part). */
-async function writeAll(conn: Deno.Conn, b: Uint8Array): Promise<void> {
+async function writeAll(conn: NbdConnection, b: Uint8Array): Promise<void> {
   let at = 0;
   while (at < b.length) at += await conn.write(b.subarray(at));
 }
@@ -274,6 +299,21 @@ function deadline<T>(
   return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
 }
 
+/** The options with their defaults filled in. */
+function withDefaults(options: NbdOptions): Required<Omit<NbdOptions, "exportName">> {
+  return {
+    writable: options.writable ?? false,
+    connectTimeoutMs: options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT,
+    requestTimeoutMs: options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT,
+    maxInFlight: Math.max(1, options.maxInFlight ?? DEFAULT_IN_FLIGHT),
+    noHole: options.noHole ?? false,
+    blockStatusRange: options.blockStatusRange ?? GiB,
+    writeBehind: options.writeBehind ?? true,
+    negotiation: options.negotiation ?? "full",
+    writeZeroes: options.writeZeroes ?? true,
+  };
+}
+
 /**
  * An NBD export as a {@linkcode Disk}.
  *
@@ -290,14 +330,14 @@ function deadline<T>(
 export class NbdDisk implements Disk {
   /** The URI, as given (or rebuilt when the export name was overridden). */
   readonly name: string;
-  /** Where the export lives. */
-  readonly target: NbdTarget;
+  /** Where the export lives (undefined for a connection handed to {@linkcode NbdDisk.attach}). */
+  readonly target?: NbdTarget;
   /** What the handshake learnt. */
   readonly info: NbdExportInfo;
   /** An NBD export is never assumed to read as zero: the user says so with `-prezeroed`. */
   readonly knownZero = false;
 
-  readonly #conn: Deno.Conn;
+  readonly #conn: NbdConnection;
   readonly #reader: ByteReader;
   readonly #options: Required<Omit<NbdOptions, "exportName">>;
   readonly #pending = new Map<number, Pending>();
@@ -320,8 +360,8 @@ export class NbdDisk implements Disk {
 
   private constructor(
     name: string,
-    target: NbdTarget,
-    conn: Deno.Conn,
+    target: NbdTarget | undefined,
+    conn: NbdConnection,
     reader: ByteReader,
     info: NbdExportInfo,
     options: Required<Omit<NbdOptions, "exportName">>,
@@ -352,15 +392,7 @@ export class NbdDisk implements Disk {
       target = { ...target, exportName: options.exportName };
       name = formatNbdUri(target);
     }
-    const opts: Required<Omit<NbdOptions, "exportName">> = {
-      writable: options.writable ?? false,
-      connectTimeoutMs: options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT,
-      requestTimeoutMs: options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT,
-      maxInFlight: Math.max(1, options.maxInFlight ?? DEFAULT_IN_FLIGHT),
-      noHole: options.noHole ?? false,
-      blockStatusRange: options.blockStatusRange ?? GiB,
-      writeBehind: options.writeBehind ?? true,
-    };
+    const opts = withDefaults(options);
     let conn: Deno.Conn | undefined;
     let timedOut = false;
     const setup = async (): Promise<[Deno.Conn, ByteReader, NbdExportInfo]> => {
@@ -374,7 +406,7 @@ export class NbdDisk implements Disk {
       conn = c;
       if ("setNoDelay" in c) (c as Deno.TcpConn).setNoDelay(true);
       const reader = new ByteReader(c);
-      const info = await handshake(c, reader, target.exportName);
+      const info = await handshake(c, reader, target.exportName, opts.negotiation);
       return [c, reader, info];
     };
     try {
@@ -404,6 +436,40 @@ export class NbdDisk implements Disk {
     }
   }
 
+  /**
+   * Negotiates over a connection that is already open (an HTTP connection upgraded to NBD) and
+   * returns the disk; `name` is what messages call it. Handshake failures are `DiskError`s of
+   * op `open`; the connection is closed on failure.
+   */
+  static async attach(
+    conn: NbdConnection,
+    name: string,
+    options: NbdOptions = {},
+  ): Promise<NbdDisk> {
+    const opts = withDefaults(options);
+    try {
+      const reader = new ByteReader(conn);
+      const info = await deadline(
+        handshake(conn, reader, options.exportName ?? "", opts.negotiation),
+        opts.connectTimeoutMs,
+        `no answer within ${opts.connectTimeoutMs / 1000} s during the NBD handshake`,
+        () => conn.close(),
+      );
+      if (opts.writable && info.transmissionFlags & TransmissionFlag.ReadOnly) {
+        throw new Error("the export is read-only");
+      }
+      return new NbdDisk(name, undefined, conn, reader, info, opts);
+    } catch (e) {
+      try {
+        conn.close();
+      } catch { /* already closed */ }
+      const reason = e instanceof ConnectionClosed
+        ? "the server closed the connection during the NBD handshake"
+        : reasonOf(e);
+      throw nbdError(name, "open", undefined, reason, e);
+    }
+  }
+
   /** Export size in bytes. */
   get size(): number {
     return this.info.size;
@@ -411,7 +477,8 @@ export class NbdDisk implements Disk {
 
   /** True when the server implements `NBD_CMD_WRITE_ZEROES`. */
   get canWriteZeroes(): boolean {
-    return (this.info.transmissionFlags & TransmissionFlag.SendWriteZeroes) !== 0;
+    return this.#options.writeZeroes &&
+      (this.info.transmissionFlags & TransmissionFlag.SendWriteZeroes) !== 0;
   }
 
   // ------------------------------------------------------------------------------------------
@@ -1000,13 +1067,40 @@ async function readOptionReply(
  * that does not know `NBD_OPT_GO`.
  */
 async function handshake(
-  conn: Deno.Conn,
+  conn: NbdConnection,
   r: ByteReader,
   exportName: string,
+  negotiation: "full" | "export-name" = "full",
 ): Promise<NbdExportInfo> {
-  const { handshakeFlags } = decodeGreeting(await r.exact(GREETING_SIZE));
+  const first = (await r.exact(16)).slice();
+  if (isOldstyleGreeting(first)) {
+    // Only behind xapi's proxy (as xapi's client does); an nbd:// URI names a newstyle server.
+    if (negotiation !== "export-name") {
+      throw new NbdProtocolError("oldstyle NBD negotiation is not supported");
+    }
+    // No negotiation: size and flags follow, then transmission (simple replies only).
+    const greeting = new Uint8Array(OLDSTYLE_GREETING_SIZE);
+    greeting.set(first);
+    greeting.set(await r.exact(OLDSTYLE_GREETING_SIZE - 16), 16);
+    const old = decodeOldstyleGreeting(greeting);
+    return {
+      size: old.size,
+      transmissionFlags: old.transmissionFlags & TransmissionFlag.HasFlags
+        ? old.transmissionFlags
+        : 0,
+      structuredReplies: false,
+      minimumBlock: 1,
+      preferredBlock: 4096,
+      maximumBlock: DEFAULT_MAX_BLOCK,
+    };
+  }
+  const greeting = new Uint8Array(GREETING_SIZE);
+  greeting.set(first);
+  greeting.set(await r.exact(GREETING_SIZE - 16), 16);
+  const { handshakeFlags } = decodeGreeting(greeting);
   const clientFlags = clientFlagsFor(handshakeFlags);
   await writeAll(conn, encodeClientFlags(clientFlags));
+  if (negotiation === "export-name") return await enterByName(conn, r, exportName, clientFlags);
 
   await writeAll(conn, encodeOption(Opt.StructuredReply));
   const sr = await readOptionReply(r, Opt.StructuredReply);
@@ -1053,18 +1147,12 @@ async function handshake(
     }
     if (g.type === RepErr.Unsup) {
       // An old server: the export name option enters transmission without any information.
-      await writeAll(conn, encodeOption(Opt.ExportName, new TextEncoder().encode(exportName)));
-      const reply = decodeExportNameReply(
-        await r.exact(clientFlags & ClientFlag.NoZeroes ? 10 : 134),
-      );
+      const info = await enterByName(conn, r, exportName, clientFlags);
       return {
-        size: reply.size,
-        transmissionFlags: reply.transmissionFlags,
+        ...info,
+        transmissionFlags: info.transmissionFlags,
         structuredReplies,
         allocationContext,
-        minimumBlock: 1,
-        preferredBlock: 4096,
-        maximumBlock: DEFAULT_MAX_BLOCK,
       };
     }
     if (isOptionError(g.type)) {
@@ -1087,5 +1175,37 @@ async function handshake(
     minimumBlock: limits.minimum,
     preferredBlock: limits.preferred,
     maximumBlock: limits.maximum,
+  };
+}
+
+/**
+ * `NBD_OPT_EXPORT_NAME`: enters transmission at once; a server that does not know the export
+ * closes the connection instead of answering.
+ */
+async function enterByName(
+  conn: NbdConnection,
+  r: ByteReader,
+  exportName: string,
+  clientFlags: number,
+): Promise<NbdExportInfo> {
+  await writeAll(conn, encodeOption(Opt.ExportName, new TextEncoder().encode(exportName)));
+  let reply;
+  try {
+    reply = decodeExportNameReply(await r.exact(clientFlags & ClientFlag.NoZeroes ? 10 : 134));
+  } catch (e) {
+    if (e instanceof ConnectionClosed) {
+      throw new Error(
+        `the server closed the connection after NBD_OPT_EXPORT_NAME "${exportName}" (no such export?)`,
+      );
+    }
+    throw e;
+  }
+  return {
+    size: reply.size,
+    transmissionFlags: reply.transmissionFlags,
+    structuredReplies: false,
+    minimumBlock: 1,
+    preferredBlock: 4096,
+    maximumBlock: DEFAULT_MAX_BLOCK,
   };
 }

@@ -14,7 +14,7 @@
 export const NBD_MAGIC = 0x4e42444d41474943n;
 /** `IHAVEOPT`: newstyle negotiation (after `NBDMAGIC`), and the prefix of every option request. */
 export const IHAVEOPT = 0x49484156454f5054n;
-/** The oldstyle greeting's second magic, which we refuse. */
+/** The oldstyle greeting's second magic (size and flags follow; no negotiation). */
 export const OLDSTYLE_MAGIC = 0x00420281861253n;
 /** Prefix of every option reply. */
 export const OPTION_REPLY_MAGIC = 0x0003e889045565a9n;
@@ -334,6 +334,53 @@ export function decodeGreeting(b: Uint8Array): { handshakeFlags: number } {
     throw new NbdProtocolError("server does not support fixed newstyle negotiation");
   }
   return { handshakeFlags };
+}
+
+/** Bytes of an oldstyle greeting: magics, size, flags, 124 reserved zero bytes. */
+export const OLDSTYLE_GREETING_SIZE = 152;
+
+/**
+ * True when the first 16 bytes of a greeting are an oldstyle server's (`NBDMAGIC`, then
+ * `0x00420281861253`): the size and flags follow at once, there is no negotiation.
+ *
+ * @example
+ * ```ts
+ * import { isOldstyleGreeting, NBD_MAGIC, OLDSTYLE_MAGIC } from "./protocol.ts";
+ * const b = new Uint8Array(16);
+ * new DataView(b.buffer).setBigUint64(0, NBD_MAGIC);
+ * new DataView(b.buffer).setBigUint64(8, OLDSTYLE_MAGIC);
+ * isOldstyleGreeting(b); // true
+ * ```
+ */
+export function isOldstyleGreeting(b: Uint8Array): boolean {
+  need(b, 16, "server greeting");
+  const v = view(b);
+  return v.getBigUint64(0) === NBD_MAGIC && v.getBigUint64(8) === OLDSTYLE_MAGIC;
+}
+
+/**
+ * Decodes a whole oldstyle greeting (152 bytes): the export size and its transmission flags
+ * (the low 16 bits of the 32-bit flags field).
+ *
+ * @example
+ * ```ts
+ * import { decodeOldstyleGreeting, NBD_MAGIC, OLDSTYLE_MAGIC } from "./protocol.ts";
+ * const b = new Uint8Array(152);
+ * const v = new DataView(b.buffer);
+ * v.setBigUint64(0, NBD_MAGIC);
+ * v.setBigUint64(8, OLDSTYLE_MAGIC);
+ * v.setBigUint64(16, 1048576n);
+ * v.setUint32(24, 5);
+ * decodeOldstyleGreeting(b); // { size: 1048576, transmissionFlags: 5 }
+ * ```
+ */
+export function decodeOldstyleGreeting(
+  b: Uint8Array,
+): { size: number; transmissionFlags: number } {
+  need(b, OLDSTYLE_GREETING_SIZE, "oldstyle greeting");
+  if (!isOldstyleGreeting(b)) throw new NbdProtocolError("not an oldstyle NBD greeting");
+  const v = view(b);
+  return { size: getU64(v, 16, "export size"), transmissionFlags: v.getUint32(24) & 0xffff };
 }
 
 /**

@@ -17,6 +17,8 @@ import {
   MAX_STRING,
   NBD_MAGIC,
   NbdProtocolError,
+  OLDSTYLE_GREETING_SIZE,
+  OLDSTYLE_MAGIC,
   OPTION_HEADER_SIZE,
   OPTION_REPLY_HEADER_SIZE,
   OPTION_REPLY_MAGIC,
@@ -426,4 +428,23 @@ export function encodeErrorChunk(e: ErrorChunk): Uint8Array {
  */
 export function errorChunkType(e: ErrorChunk): number {
   return e.offset === undefined ? ChunkType.Error : ChunkType.ErrorOffset;
+}
+
+/**
+ * Encodes an oldstyle greeting (for tests that play the server).
+ *
+ * @example
+ * ```ts
+ * import { encodeOldstyleGreeting } from "./nbd_server.ts";
+ * encodeOldstyleGreeting(512, 1).length; // 152
+ * ```
+ */
+export function encodeOldstyleGreeting(size: number, transmissionFlags: number): Uint8Array {
+  const b = new Uint8Array(OLDSTYLE_GREETING_SIZE);
+  const v = view(b);
+  v.setBigUint64(0, NBD_MAGIC);
+  v.setBigUint64(8, OLDSTYLE_MAGIC);
+  setU64(v, 16, size);
+  v.setUint32(24, transmissionFlags);
+  return b;
 }

@@ -956,7 +956,7 @@ Deno.test("-nbd-export overrides the export name of an NBD destination", async (
   });
 });
 
-Deno.test("URIs and protocols sparse_dd refuses: nbds://, nbd+vsock://, -dest-proto nbd with a file or https", async () => {
+Deno.test("URIs and protocols sparse_dd refuses: nbds://, nbd+vsock://, -dest-proto nbd with a file", async () => {
   await withTempDir(async (dir) => {
     const raw = `${dir}/src.raw`;
     await makeSparse(raw, MiB, 81);
@@ -971,20 +971,7 @@ Deno.test("URIs and protocols sparse_dd refuses: nbds://, nbd+vsock://, -dest-pr
     match(proto.stderr, /-dest-proto nbd needs an nbd:\/\/host\[:port\]\/export/);
     const other = await main(["-src", raw, "-dest", `${dir}/o.raw`, "-dest-proto", "chunked"]);
     strictEqual(other.code, ExitCode.Usage);
-    // xapi's migration argv: an https destination upgraded to NBD is refused as http(s).
-    const xapi = await main([
-      "-machine",
-      "-src",
-      raw,
-      "-dest",
-      "https://10.0.0.1/import_raw_vdi?vdi=x",
-      "-dest-proto",
-      "nbd",
-      "-nbd-export",
-      "x",
-    ]);
-    strictEqual(xapi.code, ExitCode.Usage);
-    match(xapi.stderr, /http\(s\) destinations are not supported/);
+    // xapi's migration argv (an https destination upgraded to NBD): tests/http/remote_test.ts.
     const timeout = await main(["-src", raw, "-dest", "nbd://127.0.0.1/", "-nbd-timeout", "soon"]);
     strictEqual(timeout.code, ExitCode.Usage);
     match(timeout.stderr, /invalid -nbd-timeout value 'soon'/);
