@@ -16,24 +16,34 @@
  * @module
  */
 
+import { formatByName } from "../src/endpoint/endpoint.ts";
 import type { CopyRequest } from "./validate.ts";
 import { RecordDecoder } from "../src/cli/progress.ts";
 
+/** Deno's flags for running the program's entry module, as the installed launcher runs it. */
+export const RUN_FLAGS = ["run", "-A", "--quiet", "--no-config", "--no-lock"];
+
 /**
- * How to run this program again: the compiled binary itself, or `deno run -A` on the entry module
- * (main.ts, or the bundle the launcher runs).
+ * How to run this program again: the installed launcher (`SPARSE_DD_LAUNCHER`, which it sets), so
+ * an installed copy's children run as it does (named sparse_dd for xapi's stray-process check, no
+ * cache writes); else the compiled binary itself, or the runtime running the entry module
+ * (main.ts, or the bundle) with the launcher's flags.
  *
  * @example
  * ```ts
  * import { selfCommand } from "./child.ts";
- * selfCommand(); // ["/opt/xensource/libexec/sparse_dd"] in the compiled binary
+ * selfCommand(); // ["/opt/xensource/libexec/sparse_dd"] when run by the installed launcher
  * ```
  */
 export function selfCommand(): string[] {
+  // The installed launcher says where it is: there the executable is glibc's loader running
+  // deno, which `Deno.execPath()` cannot start again by itself.
+  const launcher = Deno.env.get("SPARSE_DD_LAUNCHER");
+  if (launcher?.startsWith("/")) return [launcher];
   if (Deno.build.standalone) return [Deno.execPath()];
   const main = new URL(Deno.mainModule);
-  if (main.protocol !== "file:") return [Deno.execPath(), "run", "-A", "--quiet", main.href];
-  return [Deno.execPath(), "run", "-A", "--quiet", "--no-lock", decodeURIComponent(main.pathname)];
+  const entry = main.protocol === "file:" ? decodeURIComponent(main.pathname) : main.href;
+  return [Deno.execPath(), ...RUN_FLAGS, entry];
 }
 
 /**
@@ -44,14 +54,19 @@ export function selfCommand(): string[] {
  * ```ts
  * import { copyArgv } from "./child.ts";
  * copyArgv({ src: "/a", dest: "/b", size: 512, prezeroed: true }, "/run/s.json");
- * // ["-machine", "-src", "/a", "-dest", "/b", "-size", "512", "-prezeroed", "-stats-file", "/run/s.json"]
+ * // ["-machine", "-src", "/a", "-src-format", "raw", "-dest", "/b", "-size", "512", "-prezeroed",
+ * //  "-stats-file", "/run/s.json"]
  * ```
  */
 export function copyArgv(req: CopyRequest, statsFile: string): string[] {
-  const argv = ["-machine", "-src", req.src, "-dest", req.dest];
+  // The format is always explicit (vhd only for a name ending in .vhd): never left to content.
+  const argv = ["-machine", "-src", req.src, "-src-format", formatByName(req.src, "auto")];
+  argv.push("-dest", req.dest);
   if (req.size !== undefined) argv.push("-size", String(req.size));
   if (req.prezeroed) argv.push("-prezeroed");
-  if (req.base !== undefined) argv.push("-base", req.base);
+  if (req.base !== undefined) {
+    argv.push("-base", req.base, "-base-format", formatByName(req.base, "auto"));
+  }
   if (req.destProto !== undefined) argv.push("-dest-proto", req.destProto);
   if (req.nbdExport !== undefined) argv.push("-nbd-export", req.nbdExport);
   argv.push("-stats-file", statsFile);

@@ -242,6 +242,13 @@ export class OpStore {
     if (isFinal(op.state)) return op;
     const dir = this.opDir(op.id);
     if (await processAlive(op.pid, dir)) return op;
+    // The worker writes its outcome and then exits: `op` may have been read just before that
+    // write. Read again now that the worker is known to be gone, so a result is never replaced.
+    const latest = await this.read(op.id);
+    if (latest) {
+      if (isFinal(latest.state)) return latest;
+      op = latest;
+    }
     // A worker still starting has a moment's grace: its pid is not recorded yet.
     if (op.state === "starting" && Date.now() - Date.parse(op.created) < 30_000) return op;
     const cancelled = await this.cancelRequested(op.id);

@@ -9,8 +9,9 @@ cd "$ROOT"
 
 # Packages the tests drive as real peers and oracles.
 TEST_PACKAGES=(
-  qemu-utils nbdkit libnbd-bin python3 python3-libvhdi util-linux coreutils openssl
-  xenstore-utils libxenmisc4.17 libxenevtchn1 libxengnttab1 gcc libc6-dev strace time
+  qemu-utils nbdkit libnbd-bin python3 python3-libvhdi util-linux coreutils e2fsprogs mount openssl
+  strace rpm time
+  xenstore-utils libxenmisc4.17 libxenevtchn1 libxengnttab1 gcc libc6-dev
 )
 
 ensure_deno

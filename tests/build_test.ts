@@ -1,4 +1,9 @@
-import { match, ok, strictEqual } from "node:assert/strict";
+/**
+ * scripts/build.sh: the bundle, the offline release (tarball and RPM), and the `deno compile`
+ * check. One build of a copy of this checkout serves every test here.
+ */
+
+import { deepStrictEqual, match, ok, strictEqual } from "node:assert/strict";
 import {
   readMachineStream,
   ROOT,
@@ -6,40 +11,144 @@ import {
   withTempDir,
   xapiCommand,
 } from "./_support/helpers.ts";
+import { bare, type Build, buildCopy, sparseFile } from "./_support/deploy.ts";
 
-Deno.test("scripts/build.sh always produces a bundle that runs as xapi runs sparse_dd", async () => {
-  const build = await new Deno.Command("bash", {
-    args: [`${ROOT}/scripts/build.sh`],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const log = new TextDecoder().decode(build.stderr);
-  strictEqual(build.code, 0, log);
-  const bundle = `${ROOT}/dist/sparse_dd.bundle.js`;
-  ok((await Deno.stat(bundle)).size > 0);
-  // Either the binary was built or the script said clearly why not.
-  const binary = await Deno.stat(`${ROOT}/dist/sparse_dd`).then(() => true, () => false);
-  if (!binary) {
-    match(log, /deno compile could not build dist\/sparse_dd: it needs the denort runtime/);
-  }
-  await withTempDir(async (dir) => {
-    const src = `${dir}/src.raw`;
-    const f = await Deno.open(src, { write: true, create: true });
-    await f.truncate(16 << 20);
-    await f.seek(5 << 20, Deno.SeekMode.Start);
-    await f.write(new Uint8Array(100000).fill(3));
-    f.close();
-    const [cmd, ...pre] = binary
-      ? [`${ROOT}/dist/sparse_dd`]
-      : [Deno.execPath(), "run", "-A", "--quiet", bundle];
-    const out = await xapiCommand(
-      cmd,
-      [...pre, "-machine", "-src", src, "-dest", `${dir}/dst.raw`, "-size", String(16 << 20)],
-    ).output();
-    strictEqual(out.code, 0, new TextDecoder().decode(out.stderr));
-    ok(readMachineStream(out.stdout).ended);
-    ok(await sameBytes(src, `${dir}/dst.raw`));
+/** The glibc Deno's Linux build links with, shipped beside it (dom0's is too old). */
+const GLIBC = [
+  "libc.so.6",
+  "libdl.so.2",
+  "libgcc_s.so.1",
+  "libm.so.6",
+  "libpthread.so.0",
+  "librt.so.1",
+];
+
+let built: Promise<{ dir: string; build: Build }> | undefined;
+let tempDir: string | undefined;
+globalThis.addEventListener("unload", () => {
+  if (tempDir) Deno.removeSync(tempDir, { recursive: true });
+});
+
+function getBuild(): Promise<{ dir: string; build: Build }> {
+  built ??= (async () => {
+    const dir = await Deno.makeTempDir({ prefix: "sparse_dd_build_test_" });
+    tempDir = dir;
+    return { dir, build: await buildCopy(dir) };
+  })();
+  return built;
+}
+
+Deno.test("scripts/build.sh builds a bundle that runs as xapi runs sparse_dd", async () => {
+  const { dir, build } = await getBuild();
+  const src = `${dir}/src.raw`;
+  await sparseFile(src, 16 << 20);
+  const out = await xapiCommand(Deno.execPath(), [
+    "run",
+    "-A",
+    "--quiet",
+    `${build.dist}/sparse_dd.bundle.js`,
+    "-machine",
+    "-src",
+    src,
+    "-dest",
+    `${dir}/dst.raw`,
+    "-size",
+    String(16 << 20),
+  ]).output();
+  strictEqual(out.code, 0, new TextDecoder().decode(out.stderr));
+  ok(readMachineStream(out.stdout).ended);
+  ok(await sameBytes(src, `${dir}/dst.raw`));
+});
+
+Deno.test("the release tarball holds the runtime named sparse_dd, the bundle and the installer", async () => {
+  const { build } = await getBuild();
+  const top = `sparse_dd-${build.version}-linux-x86_64`;
+  const list = await bare("tar", ["tzvf", build.tarball]);
+  strictEqual(list.code, 0, list.stderr);
+  const entries = list.text.trim().split("\n").map((l) => {
+    const f = l.split(/\s+/);
+    return `${f[0]} ${f[1]} ${f.slice(5).join(" ")}`;
   });
+  deepStrictEqual(entries.sort(), [
+    `-rw-r--r-- 0/0 ${top}/README.md`,
+    `-rw-r--r-- 0/0 ${top}/sparse_dd.d/VERSION`,
+    ...GLIBC.map((l) => `-rw-r--r-- 0/0 ${top}/sparse_dd.d/lib/${l}`),
+    `-rw-r--r-- 0/0 ${top}/sparse_dd.d/sparse_dd.js`,
+    `-rwxr-xr-x 0/0 ${top}/install.sh`,
+    `-rwxr-xr-x 0/0 ${top}/sparse_dd.d/deno`,
+    `-rwxr-xr-x 0/0 ${top}/sparse_dd.d/sparse_dd`,
+    `drwxr-xr-x 0/0 ${top}/`,
+    `drwxr-xr-x 0/0 ${top}/sparse_dd.d/`,
+    `drwxr-xr-x 0/0 ${top}/sparse_dd.d/lib/`,
+  ]);
+  // The runtime is this Deno, byte for byte (a copy, not a link into .tools); sparse_dd is the
+  // dynamic loader of the glibc in lib/.
+  const rt = `${build.dist}/release/sparse_dd.d`;
+  ok(await sameBytes(`${rt}/deno`, Deno.realPathSync(Deno.execPath())));
+  const loader = await bare(`${rt}/sparse_dd`, [
+    "--library-path",
+    `${rt}/lib`,
+    "--list",
+    `${rt}/deno`,
+  ]);
+  strictEqual(loader.code, 0, loader.stderr);
+  for (const l of GLIBC) ok(loader.text.includes(`${rt}/lib/${l}`), loader.text);
+});
+
+Deno.test("the RPM installs the same files for rpm, runs, and rpm -e removes them", async () => {
+  const { dir, build } = await getBuild();
+  const rpm = `${build.dist}/sparse_dd-${build.version}-1.x86_64.rpm`;
+  const files = await bare("rpm", ["-qpl", rpm]);
+  strictEqual(files.code, 0, files.stderr);
+  deepStrictEqual(files.text.trim().split("\n"), [
+    "/etc/xapi.conf.d/sparse_dd.conf",
+    "/etc/xapi.d/plugins/sparse_dd",
+    "/opt/xensource/libexec/sparse_dd",
+    "/opt/xensource/libexec/sparse_dd.d",
+    "/opt/xensource/libexec/sparse_dd.d/VERSION",
+    "/opt/xensource/libexec/sparse_dd.d/deno",
+    "/opt/xensource/libexec/sparse_dd.d/lib",
+    ...GLIBC.map((l) => `/opt/xensource/libexec/sparse_dd.d/lib/${l}`),
+    "/opt/xensource/libexec/sparse_dd.d/sparse_dd",
+    "/opt/xensource/libexec/sparse_dd.d/sparse_dd.js",
+  ]);
+  const config = await bare("rpm", ["-qpc", rpm]);
+  strictEqual(config.text.trim(), "/etc/xapi.conf.d/sparse_dd.conf");
+  const scripts = await bare("rpm", ["-qp", "--scripts", rpm]);
+  match(scripts.text, /preinstall scriptlet[\s\S]*rpm-backup/);
+  match(scripts.text, /postuninstall scriptlet[\s\S]*rpm-backup/);
+  // Installed into a root of its own (scriptlets need dom0's paths: not run here).
+  const root = `${dir}/rpmroot`;
+  await Deno.mkdir(root);
+  for (const args of [["--initdb"], ["-i", "--nodeps", "--noscripts", rpm]]) {
+    const r = await bare("rpm", ["--root", root, ...args]);
+    strictEqual(r.code, 0, r.stderr);
+  }
+  const version = await bare(`${root}/opt/xensource/libexec/sparse_dd`, ["--version"]);
+  match(version.text, new RegExp(`^sparse_dd ${build.version.replace(/\./g, "\\.")} `));
+  match(
+    await Deno.readTextFile(`${root}/etc/xapi.conf.d/sparse_dd.conf`),
+    /^sparse_dd = \/opt\/xensource\/libexec\/sparse_dd$/m,
+  );
+  const erase = await bare("rpm", ["--root", root, "-e", "--noscripts", "sparse_dd"]);
+  strictEqual(erase.code, 0, erase.stderr);
+  for (const p of ["opt/xensource/libexec/sparse_dd", "etc/xapi.d/plugins/sparse_dd"]) {
+    ok(!(await Deno.stat(`${root}/${p}`).then(() => true, () => false)), `${p} left`);
+  }
+});
+
+Deno.test("build.sh runs what deno compile built and refuses plain Deno given as DENORT_BIN", async () => {
+  const { build } = await getBuild();
+  const out = await bare("bash", [`${build.checkout}/scripts/build.sh`], {
+    PATH: `${build.checkout}/.tools/bin:/usr/bin:/bin`,
+    DENO_DIR: Deno.env.get("DENO_DIR") ?? `${build.checkout}/.tools/deno-dir`,
+    DENORT_BIN: Deno.realPathSync(Deno.execPath()),
+    DIST: `${build.checkout}/dist-denort`,
+  });
+  strictEqual(out.code, 1, out.stderr);
+  match(out.stderr, /refusing the compiled binary: .*--version' printed 'deno \d/);
+  match(out.stderr, /denort/);
+  ok(!(await Deno.stat(`${build.checkout}/dist-denort/sparse_dd`).then(() => true, () => false)));
 });
 
 Deno.test("the program imports no node: module up front (Deno's Node layer costs every run 15-20 ms)", async () => {

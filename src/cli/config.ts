@@ -66,8 +66,19 @@ export async function loadConfig(file: string, dir: string = file + ".d"): Promi
   const readOne = async (path: string) => {
     let text: string;
     try {
+      // Reading a FIFO would wait for a writer forever (and a disk is no configuration).
+      const info = await Deno.stat(path);
+      if (info.isFifo || info.isSocket || info.isBlockDevice) {
+        throw new SparseDdError(
+          ExitCode.Usage,
+          `cannot read configuration ${path}: it is ${
+            info.isFifo ? "a FIFO" : info.isSocket ? "a socket" : "a block device"
+          }, not a file: give a regular file (or /dev/null for none)`,
+        );
+      }
       text = await Deno.readTextFile(path);
     } catch (err) {
+      if (err instanceof SparseDdError) throw err;
       if (
         err instanceof Deno.errors.NotFound || err instanceof Deno.errors.IsADirectory ||
         err instanceof Deno.errors.NotADirectory

@@ -252,6 +252,50 @@ function normalise(argv: string[]): string[] {
 }
 
 /**
+ * `nice`, `ionice_class` and `ionice_class_data` as xapi's sparse_dd takes them: a value that is
+ * not an integer (or an ionice class other than 0..3) is noted and ignored, never a failure, as
+ * an administrator's typo in sparse_dd.conf must not fail every copy; others are clipped.
+ *
+ * @example
+ * ```ts
+ * import { priorities } from "./flags.ts";
+ * const notes: string[] = [];
+ * priorities({ nice: "ten", ionice_class: "2", ionice_class_data: "9" }, notes);
+ * // { nice: undefined, ioniceClass: 2, ioniceClassData: 7 }; notes: ["ignoring invalid value ..."]
+ * ```
+ */
+export function priorities(
+  values: Record<string, string | boolean | undefined>,
+  notes: string[],
+): Pick<Options, "nice" | "ioniceClass" | "ioniceClassData"> {
+  const int = (key: string, min: number, max: number): number | undefined => {
+    const text = values[key];
+    if (typeof text !== "string") return undefined;
+    const n = /^[+-]?\d+$/.test(text.trim()) ? Number(text) : NaN;
+    if (!Number.isSafeInteger(n)) {
+      notes.push(`ignoring invalid value for ${key}: '${text}' (expected an integer)`);
+      return undefined;
+    }
+    if (n < min || n > max) {
+      const used = Math.min(max, Math.max(min, n));
+      notes.push(`value ${n} is out of range for ${key}: using ${used}`);
+      return used;
+    }
+    return n;
+  };
+  let ioniceClass = int("ionice_class", -Infinity, Infinity);
+  if (ioniceClass !== undefined && (ioniceClass < 0 || ioniceClass > 3)) {
+    notes.push(`ignoring ionice_class ${ioniceClass}: the classes are 0 to 3`);
+    ioniceClass = undefined;
+  }
+  return {
+    nice: int("nice", -20, 19),
+    ioniceClass,
+    ioniceClassData: int("ionice_class_data", 0, 7),
+  };
+}
+
+/**
  * Parses argv and the configuration files into {@linkcode Options}.
  *
  * @example
@@ -421,13 +465,7 @@ export async function parse(argv: string[]): Promise<ParseResult> {
       unbuffered: str("unbuffered") === undefined
         ? undefined
         : parseBool(str("unbuffered")!, "-unbuffered"),
-      nice: str("nice") === undefined ? undefined : parseInteger(str("nice")!, "-nice", -20, 19),
-      ioniceClass: str("ionice_class") === undefined
-        ? undefined
-        : parseInteger(str("ionice_class")!, "-ionice_class", 0, 3),
-      ioniceClassData: str("ionice_class_data") === undefined
-        ? undefined
-        : parseInteger(str("ionice_class_data")!, "-ionice_class_data", 0, 7),
+      ...priorities(values, configNotes),
       nbdExport: str("nbd-export"),
       nbdTimeoutMs,
       remote,

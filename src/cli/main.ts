@@ -7,7 +7,7 @@
 import { ExitCode, exitCodeOf, messageOf } from "../core/errors.ts";
 import { CopyAborted } from "../copy/copier.ts";
 import { parse, type ParseResult, usage } from "./flags.ts";
-import { note, summary, writeAllSync } from "./output.ts";
+import { failure, flushNotes, holdNotes, note, summary, writeAllSync } from "./output.ts";
 import { type Entry, runCopy } from "./run.ts";
 import { VERSION } from "../version.ts";
 
@@ -25,7 +25,7 @@ export async function main(argv: string[], entry: Entry = {}): Promise<number> {
   try {
     parsed = await parse(argv);
   } catch (err) {
-    note(messageOf(err));
+    failure(messageOf(err));
     return exitCodeOf(err);
   }
   if (parsed.action === "help") {
@@ -37,6 +37,7 @@ export async function main(argv: string[], entry: Entry = {}): Promise<number> {
     return ExitCode.Ok;
   }
   const o = parsed.options;
+  if (o.machine) holdNotes();
   for (const n of parsed.configNotes) note(n);
 
   // SIGTERM (xapi's cancel) and SIGINT stop the copy between two steps: no end record is sent.
@@ -49,7 +50,7 @@ export async function main(argv: string[], entry: Entry = {}): Promise<number> {
       // The copy stops between steps; anything else (discovery waiting on tap-ctl, a stalled
       // NBD request) must not keep xapi waiting: leave after a grace period regardless.
       setTimeout(() => {
-        note(`stopped by ${sig}; ${o.dest} is incomplete`);
+        failure(`stopped by ${sig}; ${o.dest} is incomplete`);
         Deno.exit(sig === "SIGINT" ? ExitCode.Interrupted : ExitCode.Terminated);
       }, 2000);
     };
@@ -59,19 +60,31 @@ export async function main(argv: string[], entry: Entry = {}): Promise<number> {
   try {
     const report = await runCopy(o, abort.signal, entry);
     const json = JSON.stringify(report);
-    if (o.statsFile) await Deno.writeTextFile(o.statsFile, json + "\n");
+    if (o.statsFile) {
+      try {
+        await Deno.writeTextFile(o.statsFile, json + "\n");
+      } catch (err) {
+        // Not a source error: the copy is done; only the stats are missing.
+        note(
+          `the copy to ${o.dest} is complete, but the stats file ${o.statsFile} cannot be ` +
+            `written: ${messageOf(err)}`,
+        );
+        return ExitCode.Usage;
+      }
+    }
     if (o.json) writeAllSync(o.machine ? Deno.stderr : Deno.stdout, json + "\n");
     else if (!o.machine) writeAllSync(Deno.stdout, summary(report));
     return ExitCode.Ok;
   } catch (err) {
     if (err instanceof CopyAborted || stoppedBy) {
       const at = err instanceof CopyAborted ? ` at offset ${err.offset}` : "";
-      note(`stopped by ${stoppedBy ?? "signal"}${at}; ${o.dest} is incomplete`);
+      failure(`stopped by ${stoppedBy ?? "signal"}${at}; ${o.dest} is incomplete`);
       return stoppedBy === "SIGINT" ? ExitCode.Interrupted : ExitCode.Terminated;
     }
-    note(messageOf(err));
+    failure(messageOf(err));
     return exitCodeOf(err);
   } finally {
     for (const [sig, h] of handlers) Deno.removeSignalListener(sig, h);
+    await flushNotes();
   }
 }

@@ -9,7 +9,13 @@ import { resolveAllocation, resolveBase } from "../endpoint/allocation.ts";
 import { ExitCode, messageOf, SparseDdError } from "../core/errors.ts";
 import { copy } from "../copy/copier.ts";
 import type { Disk } from "../core/disk.ts";
-import { openDestination, openSource } from "../endpoint/open.ts";
+import {
+  checkDistinct,
+  checkStatsFile,
+  type Endpoint,
+  resolveEndpoint,
+} from "../endpoint/endpoint.ts";
+import { openDestination, type OpenedSource, openSource } from "../endpoint/open.ts";
 import { type LaneGroup, startLanes } from "../copy/threads.ts";
 import { isNbdUri } from "../nbd/protocol.ts";
 import { HumanProgress, MachineProgress, NoProgress, type ProgressReporter } from "./progress.ts";
@@ -70,7 +76,6 @@ export async function runCopy(
     unbuffered: o.unbuffered,
     nbdExport: o.nbdExport,
     nbdTimeoutMs: o.nbdTimeoutMs,
-    srcFormat: o.vhd.srcFormat,
     vhdBackend: o.vhd.backend,
     remote: await remoteOpenOptions(o),
   };
@@ -78,51 +83,48 @@ export async function runCopy(
   if (o.nbdExport !== undefined && !isNbdUri(o.dest) && !remote) {
     note(`note: -nbd-export ${o.nbdExport} ignored: the destination is not an NBD URI`);
   }
-  let src: Disk | undefined;
+  // Each operand is resolved once (stat, format); everything below uses these descriptions.
+  const sysfsRoot = o.discovery.sysfsRoot;
+  const srcEnd = await resolveEndpoint(o.src, "source", { format: o.vhd.srcFormat, sysfsRoot });
+  const baseSpec = o.base ?? o.vhd.baseVhd;
+  const baseEnd = baseSpec === undefined ? undefined : await resolveEndpoint(baseSpec, "base", {
+    // -base-vhd alone names the base's VHD itself.
+    format: o.base === undefined ? "vhd" : o.vhd.baseFormat,
+    sysfsRoot,
+  });
+  const destEnd = await resolveEndpoint(o.dest, "destination", { sysfsRoot });
+  const checkOperands = async () => {
+    checkDistinct(srcEnd, destEnd, baseEnd);
+    if (o.statsFile !== undefined) {
+      await checkStatsFile(o.statsFile, [srcEnd, destEnd, ...baseEnd ? [baseEnd] : []]);
+    }
+  };
+  // Refused before anything is opened (and again below, once the VHD chains are known).
+  await checkOperands();
+  let src: OpenedSource | undefined;
   let dst: Disk | undefined;
   let lanes: LaneGroup | undefined;
   try {
-    // Other threads open the disks by name themselves, so only local disks are shared (an NBD
-    // server may not take more connections).
-    const threads = o.threads ?? (await isBlockDevice(o.dest) ? DEVICE_THREADS : 1);
-    if (
-      entry.laneWorker && threads > 1 && !isNbdUri(o.src) && !isNbdUri(o.dest) && !remote
-    ) {
-      lanes = startLanes({
-        worker: entry.laneWorker,
-        count: threads - 1,
-        segment: LANE_SEGMENT,
-        job: {
-          src: o.src,
-          dest: o.dest,
-          open: openOpts,
-          copy: { quantum: o.quantum },
-        },
-      });
-    }
-    src = await openSource(o.src, openOpts).catch((err) => {
+    src = await openSource(srcEnd, openOpts).catch((err) => {
       throw tag(err, "source");
     });
-    // xapi's storage migration passes the remote VDI's size, which may exceed the source's.
-    const size = remote ? Math.min(o.size ?? src.size, src.size) : o.size ?? src.size;
-    if (size > src.size) {
-      throw new SparseDdError(
-        ExitCode.Usage,
-        `-size ${size} is larger than the source ${o.src} (${src.size} bytes)`,
-      );
-    }
+    // xapi's storage migration passes the remote VDI's size, which may be rounded up past the
+    // source's: xapi's own sparse_dd then copies the source's size, and so does this one.
+    const size = Math.min(o.size ?? src.disk.size, src.disk.size);
+    const sizeNote = o.size !== undefined && o.size > src.disk.size
+      ? `-size ${o.size} is larger than the source ${o.src}: copying its ${src.disk.size} bytes`
+      : undefined;
     // Notes wait until the destination is accepted, so a refused copy prints one line only.
-    const alloc = await resolveAllocation(o.src, src, {
+    const alloc = await resolveAllocation(srcEnd, src.disk, {
       ignore: o.ignoreAllocation,
       discovery: o.discovery,
       srcVhd: o.vhd.srcVhd,
       vhdBackend: o.vhd.backend,
     });
-    const notes = [...alloc.notes];
+    const notes = [...(sizeNote ? [sizeNote] : []), ...alloc.notes];
     let unchanged;
-    const base = o.base ?? o.vhd.baseVhd;
-    if (base) {
-      const b = await resolveBase(base, o.src, src, {
+    if (baseEnd) {
+      const b = await resolveBase(baseEnd, srcEnd, src, {
         baseVhd: o.vhd.baseVhd,
         srcVhd: o.vhd.srcVhd ?? alloc.discovery?.vhd ?? undefined,
         size,
@@ -132,7 +134,9 @@ export async function runCopy(
       notes.push(...b.notes);
       unchanged = b.unchanged;
     }
-    dst = await openDestination(o.dest, size, openOpts).catch((err) => {
+    // Every file of every VHD chain is known now: none of them may be the destination.
+    await checkOperands();
+    dst = await openDestination(destEnd, size, openOpts).catch((err) => {
       throw tag(err, "destination");
     });
     if (dst.size < size) {
@@ -142,13 +146,25 @@ export async function runCopy(
       );
     }
     for (const n of notes) note(n);
+    // Other threads open the disks from their descriptions themselves, so only local disks are
+    // shared (an NBD server may not take more connections).
+    const threads = o.threads ?? (destEnd.kind === "block" ? DEVICE_THREADS : 1);
+    const local = (e: Endpoint) => e.kind !== "nbd" && e.kind !== "http";
+    if (entry.laneWorker && threads > 1 && local(srcEnd) && local(destEnd)) {
+      lanes = startLanes({
+        worker: entry.laneWorker,
+        count: threads - 1,
+        segment: LANE_SEGMENT,
+        job: { src: srcEnd, dest: destEnd, open: openOpts, copy: { quantum: o.quantum } },
+      });
+    }
     const prezeroed = o.prezeroed || dst.knownZero === true;
     const reporter: ProgressReporter = machine
       ? new MachineProgress()
       : (o.progress === "bar" || (o.progress === "auto" && Deno.stderr.isTerminal()))
       ? new HumanProgress()
       : new NoProgress();
-    const stats = await copy(src, dst, {
+    const stats = await copy(src.disk, dst, {
       size,
       allocation: alloc.extents,
       prezeroed,
@@ -165,7 +181,7 @@ export async function runCopy(
     }
     // A disk can still fail after its last request (an NBD server's stray reply): its close
     // reports that, and a copy over a broken connection is no clean copy.
-    await src.close().catch((err) => {
+    await src.disk.close().catch((err) => {
       throw tag(err, "source");
     });
     await dst.close().catch((err) => {
@@ -185,17 +201,8 @@ export async function runCopy(
     return report;
   } finally {
     lanes?.close();
-    await src?.close().catch(() => {});
+    await src?.disk.close().catch(() => {});
     await dst?.close().catch(() => {});
-  }
-}
-
-/** True when `path` is a block device; false for anything else, or when it cannot be told. */
-async function isBlockDevice(path: string): Promise<boolean> {
-  try {
-    return (await Deno.stat(path)).isBlockDevice === true;
-  } catch {
-    return false;
   }
 }
 

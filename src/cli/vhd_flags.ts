@@ -1,6 +1,7 @@
 /**
  * The command-line flags of the VHD feature, kept here so `cli.ts` only spreads them in:
- * `-src-format raw|vhd|auto`, `-src-vhd PATH`, `-base-vhd PATH`, `-vhd-backend auto|ts|ffi`.
+ * `-src-format raw|vhd|auto`, `-base-format raw|vhd|auto`, `-src-vhd PATH`, `-base-vhd PATH`,
+ * `-vhd-backend auto|ts|ffi`.
  *
  * @module
  */
@@ -10,8 +11,10 @@ import type { VhdBackend } from "../vhd/libvhd.ts";
 
 /** What the VHD flags say. */
 export interface VhdOptions {
-  /** How to read a `-src` file: by its footer cookie (`auto`), or forced. */
+  /** How to read a `-src` file: by its name (`auto`: VHD when it ends in `.vhd`), or forced. */
   srcFormat: "auto" | "raw" | "vhd";
+  /** How to read a `-base` file, as `srcFormat`. */
+  baseFormat: "auto" | "raw" | "vhd";
   /** The VHD behind a `-src` device: its chain gives the allocation; data comes from the device. */
   srcVhd?: string;
   /** The VHD behind a `-base` device (or the base itself): enables `-base` delta planning. */
@@ -25,7 +28,13 @@ export const VHD_FLAGS = {
   "src-format": {
     kind: "string",
     arg: "auto|raw|vhd",
-    help: "read -src as raw bytes or as a VHD chain (default auto: a file ending in a VHD footer)",
+    help: "read -src as raw bytes or as a VHD chain (default auto: VHD when its name ends in " +
+      ".vhd; never decided by the file's content)",
+  },
+  "base-format": {
+    kind: "string",
+    arg: "auto|raw|vhd",
+    help: "read -base as raw bytes or as a VHD chain (default auto: as -src-format)",
   },
   "src-vhd": {
     kind: "string",
@@ -58,13 +67,18 @@ export function vhdOptionsFrom(values: Record<string, string | boolean | undefin
     const v = values[k];
     return typeof v === "string" && v !== "" ? v : undefined;
   };
-  const srcFormat = str("src-format") ?? "auto";
-  if (srcFormat !== "auto" && srcFormat !== "raw" && srcFormat !== "vhd") {
-    throw new SparseDdError(
-      ExitCode.Usage,
-      `invalid -src-format value '${srcFormat}': expected auto, raw or vhd`,
-    );
-  }
+  const format = (flag: string): "auto" | "raw" | "vhd" => {
+    const v = str(flag) ?? "auto";
+    if (v !== "auto" && v !== "raw" && v !== "vhd") {
+      throw new SparseDdError(
+        ExitCode.Usage,
+        `invalid -${flag} value '${v}': expected auto, raw or vhd`,
+      );
+    }
+    return v;
+  };
+  const srcFormat = format("src-format");
+  const baseFormat = format("base-format");
   const backend = str("vhd-backend") ?? "auto";
   if (backend !== "auto" && backend !== "ts" && backend !== "ffi") {
     throw new SparseDdError(
@@ -72,5 +86,5 @@ export function vhdOptionsFrom(values: Record<string, string | boolean | undefin
       `invalid -vhd-backend value '${backend}': expected auto, ts or ffi`,
     );
   }
-  return { srcFormat, srcVhd: str("src-vhd"), baseVhd: str("base-vhd"), backend };
+  return { srcFormat, baseFormat, srcVhd: str("src-vhd"), baseVhd: str("base-vhd"), backend };
 }

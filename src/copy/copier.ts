@@ -141,28 +141,6 @@ export async function copy(src: Disk, dst: Disk, options: CopyOptions): Promise<
   return await executePlan(src, dst, plan, options);
 }
 
-/**
- * Optional hints a disk may give the copier (FileDisk does; an NBD disk may).
- *
- * - `zeroIsCheap`: one `zero(0, size)` costs far less than writing `size` bytes (hole punching on
- *   a file, offloaded BLKZEROOUT on a device, an NBD server's fast zero). The copier then
- *   overwrites the disk by zeroing all of `[0, size)` in one call and writing only the non-zero
- *   quanta, instead of writing every byte.
- * - `writeQueueDepth`: how many steps may be written at once to keep the disk busy (O_DIRECT
- *   writes, NBD requests). Without it, one at a time.
- * - `readQueueDepth`: how many reads are worth having in flight ahead of the writes, as things
- *   stand (it may change as the copy goes): 1 while reads are served from memory on the calling
- *   thread (nothing overlaps, and every read ahead holds one more buffer). Without it, four.
- */
-export interface DiskHints extends Disk {
-  /** True when zeroing the whole disk is far cheaper than writing it. */
-  readonly zeroIsCheap?: boolean;
-  /** How many writes to keep in flight. */
-  readonly writeQueueDepth?: number;
-  /** How many reads to keep in flight, now. */
-  readonly readQueueDepth?: number;
-}
-
 /** Runs `then` once `work` has settled either way; keeps `work`'s outcome. */
 function settleThen(work: Promise<void>, then: () => void): Promise<void> {
   return work.then(then, (err) => {
@@ -218,7 +196,7 @@ export async function executePlan(
   // prezeroed one (holes skipped, zero quanta in the data skipped). One call instead of writing
   // every zero byte, and a file destination stays as sparse as its data.
   const preZeroed = !plan.scan && plan.unchanged.isEmpty && plan.size > 0 &&
-    dst.zero !== undefined && (dst as DiskHints).zeroIsCheap === true;
+    dst.zero !== undefined && dst.zeroIsCheap === true;
   const run = preZeroed
     ? { ...plan, scan: true, zero: ExtentSet.empty(), skip: plan.zero.union(plan.skip) }
     : plan;
@@ -360,9 +338,9 @@ export async function runSteps(
   // Reads ahead pay off while they wait for a device; asked before every read.
   const readDepth = () =>
     options.readAhead === undefined
-      ? Math.max(1, Math.min(depth, (src as DiskHints).readQueueDepth ?? depth))
+      ? Math.max(1, Math.min(depth, src.readQueueDepth ?? depth))
       : depth;
-  const writeDepth = Math.max(1, options.writeBehind ?? (dst as DiskHints).writeQueueDepth ?? 1);
+  const writeDepth = Math.max(1, options.writeBehind ?? dst.writeQueueDepth ?? 1);
   const stats = noCounts();
   const write = async (offset: number, buf: Uint8Array) => {
     try {

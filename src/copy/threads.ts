@@ -17,7 +17,12 @@
  *   worker: new URL("../../main.ts", import.meta.url),
  *   count: 1,
  *   segment: 32 << 20,
- *   job: { src: "a.raw", dest: "b.raw", open: {}, copy: {} },
+ *   job: {
+ *     src: { spec: "a.raw", role: "source", kind: "file", format: "raw", storage: [] },
+ *     dest: { spec: "b.raw", role: "destination", kind: "file", format: "raw", storage: [] },
+ *     open: {},
+ *     copy: {},
+ *   },
  * });
  * // await copy(src, dst, { ..., lanes }); then:
  * lanes.close();
@@ -38,6 +43,7 @@ import {
 import { type Disk, DiskError, type DiskOp } from "../core/disk.ts";
 import { type ExitCodeValue, SparseDdError } from "../core/errors.ts";
 import { ExtentSet } from "../core/extent.ts";
+import type { Endpoint } from "../endpoint/endpoint.ts";
 import { openDestination, type OpenOptions, openSource } from "../endpoint/open.ts";
 import type { Plan } from "./plan.ts";
 import { errorText } from "../core/error_text.ts";
@@ -47,10 +53,11 @@ export const LANE_WORKER_NAME = "sparse_dd-lane";
 
 /** What a lane needs to open the disks itself: plain data, sent to each Worker. */
 export interface LaneJob {
-  /** `-src`, opened with {@linkcode openSource}. */
-  src: string;
-  /** `-dest`, opened with {@linkcode openDestination} (it exists by now, at its size). */
-  dest: string;
+  /** `-src` as resolved (its VHD chain's files included), opened with {@linkcode openSource}. */
+  src: Endpoint;
+  /** `-dest` as resolved, opened with {@linkcode openDestination} (it exists by now, at its
+   * size, claimed by the calling thread). */
+  dest: Endpoint;
   /** How the command line opens disks. */
   open: OpenOptions;
   /** The copier's tuning. */
@@ -344,9 +351,10 @@ export function serveLane(): void {
   let opened: Promise<[Disk, Disk]> | undefined;
   const open = (job: LaneJob, size: number) =>
     opened ??= (async (): Promise<[Disk, Disk]> => {
-      const src = await openSource(job.src, job.open);
+      const src = (await openSource(job.src, job.open)).disk;
       try {
-        return [src, await openDestination(job.dest, size, job.open)];
+        // The calling thread holds the destination's claim (O_EXCL, lock) for the whole copy.
+        return [src, await openDestination(job.dest, size, { ...job.open, claim: false })];
       } catch (err) {
         await src.close().catch(() => {});
         throw err;

@@ -51,6 +51,28 @@ export interface Disk {
   readonly knownZero?: boolean;
   /** Buffers passed to read/write must be aligned to this many bytes (O_DIRECT); default 1. */
   readonly alignment?: number;
+  /**
+   * True when one `zero(0, size)` costs far less than writing `size` bytes (hole punching on a
+   * file, offloaded BLKZEROOUT on a device). The copier then overwrites the disk by zeroing all
+   * of it in one call and writing only the non-zero quanta. Absent: false.
+   */
+  readonly zeroIsCheap?: boolean;
+  /**
+   * How many writes the copier keeps in flight to keep the disk busy (O_DIRECT writes, NBD
+   * requests). Absent: one at a time.
+   */
+  readonly writeQueueDepth?: number;
+  /**
+   * How many reads the copier keeps in flight ahead of its writes, as things stand now (it may
+   * change as the copy goes): 1 while reads are served from memory on the calling thread (nothing
+   * would overlap, and every read ahead holds one more buffer). Absent: four.
+   */
+  readonly readQueueDepth?: number;
+  /**
+   * Where `allocation()` comes from, for the stats: `seek-data` (SEEK_DATA/SEEK_HOLE), `vhd` (a
+   * VHD chain's BAT), `nbd-block-status`, ... Absent: `disk`.
+   */
+  readonly allocationRoute?: string;
   /** Makes written data durable. */
   flush(): Promise<void>;
   /** Releases the disk. Idempotent. */

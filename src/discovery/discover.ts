@@ -218,6 +218,13 @@ function describe(err: unknown): string {
   return errorText(err);
 }
 
+/** Reads a small file, refusing anything but a regular file: a FIFO would block forever. */
+async function readRegularFile(path: string): Promise<string> {
+  const info = await Deno.stat(path);
+  if (!info.isFile) throw new Error("not a regular file");
+  return await Deno.readTextFile(path);
+}
+
 function stateText(state: number | undefined): string {
   return state === undefined ? "unknown" : state === 0 ? "0" : `0x${state.toString(16)}`;
 }
@@ -240,7 +247,7 @@ async function blockMajorNames(ctx: Context): Promise<Map<number, string>> {
   if (ctx.devices) return ctx.devices;
   const file = `${ctx.options.procfsRoot ?? "/proc"}/devices`;
   try {
-    ctx.devices = parseProcDevices(await Deno.readTextFile(file)).block;
+    ctx.devices = parseProcDevices(await readRegularFile(file)).block;
   } catch (err) {
     ctx.notes.push(`cannot read ${file}: ${describe(err)}`);
     ctx.devices = new Map();
@@ -332,7 +339,7 @@ async function viaNbd(ctx: Context, device: string, major: number, minor: number
   const file = `${ctx.options.runRoot ?? "/var/run"}/nonpersistent/nbd/${n}`;
   let text;
   try {
-    text = await Deno.readTextFile(file);
+    text = await readRegularFile(file);
   } catch (err) {
     return { reason: `no NBD connection record ${file} (${describe(err)})` };
   }
@@ -394,13 +401,21 @@ async function viaTapdisk(
   return undefined;
 }
 
+/** What the caller already knows of a device (it stat'ed it once): no second stat. */
+export interface KnownDevice {
+  isBlockDevice: boolean;
+  isFile: boolean;
+  rdev: number | null;
+}
+
 async function statDevice(
   ctx: Context,
   device: string,
+  known?: KnownDevice,
 ): Promise<{ major: number; minor: number } | string> {
-  let st;
+  let st: KnownDevice;
   try {
-    st = await Deno.stat(device);
+    st = known ?? await Deno.stat(device).then((i) => ({ ...i, isBlockDevice: !!i.isBlockDevice }));
   } catch (err) {
     return `cannot stat ${device}: ${describe(err)}`;
   }
@@ -458,7 +473,8 @@ async function viaBlkfront(ctx: Context, major: number, minor: number): Promise<
 
 /**
  * Finds the image behind `device`. Never throws for an unrecognised, unreadable or missing device:
- * the result then has route `none` and a `reason`.
+ * the result then has route `none` and a `reason`. `known`: the device's `stat`, when the caller
+ * already has it.
  *
  * @example
  * ```ts ignore
@@ -468,7 +484,11 @@ async function viaBlkfront(ctx: Context, major: number, minor: number): Promise<
  * else console.error(`auto-detect src vhd: None (${d.reason})`);
  * ```
  */
-export async function discover(device: string, options: DiscoveryOptions = {}): Promise<Discovery> {
+export async function discover(
+  device: string,
+  options: DiscoveryOptions = {},
+  known?: KnownDevice,
+): Promise<Discovery> {
   const ctx: Context = { options, notes: [] };
   const done = (route: DiscoveryRoute, step: Step | string): Discovery => {
     if (typeof step === "string") return { device, route: "none", reason: step, notes: ctx.notes };
@@ -482,7 +502,7 @@ export async function discover(device: string, options: DiscoveryOptions = {}): 
     }
     return r;
   };
-  const dev = await statDevice(ctx, device);
+  const dev = await statDevice(ctx, device, known);
   if (typeof dev === "string") return done("none", dev);
   const direct = await viaTapdisk(ctx, device, dev.major, dev.minor);
   if (direct) return done(direct.route ?? "none", direct);

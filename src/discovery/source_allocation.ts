@@ -10,7 +10,6 @@
  * @module
  */
 
-import { isVhdFile } from "../vhd/delta.ts";
 import { openChain } from "../vhd/chain.ts";
 import { discover, type Discovery, type DiscoveryOptions } from "./discover.ts";
 import type { Disk } from "../core/disk.ts";
@@ -54,6 +53,8 @@ export interface DiscoveredAllocation {
   notes: string[];
   /** For the stats. */
   summary: DiscoverySummary;
+  /** The files of the VHD chain whose allocation is used, leaf first. */
+  layers?: string[];
 }
 
 function summaryOf(d: Discovery): DiscoverySummary {
@@ -81,7 +82,7 @@ async function vhdAllocation(
   src: Disk,
   options: SourceDiscoveryOptions,
   notes: string[],
-): Promise<{ extents?: ExtentSet; reason?: string }> {
+): Promise<{ extents?: ExtentSet; reason?: string; layers?: string[] }> {
   let chain;
   try {
     chain = await openChain(path, { searchDirs: options.searchDirs, backend: options.vhdBackend });
@@ -99,7 +100,7 @@ async function vhdAllocation(
     notes.push(
       `VHD chain of ${chain.layers.length} file(s) allocates ${extents.bytes} of ${src.size} bytes`,
     );
-    return { extents };
+    return { extents, layers: chain.layers.map((l) => l.path) };
   } finally {
     chain.close();
   }
@@ -127,6 +128,18 @@ async function rawAllocation(
   return { extents: ExtentSet.of(extents).clip(src.size) };
 }
 
+/** What the caller already knows about a `-src` (resolved once: no second stat). */
+export interface SourceKind {
+  /** It is a local block device: discovery looks behind it. */
+  blockDevice: boolean;
+  /** It is read as a VHD file (its own chain gives the allocation). */
+  vhd: boolean;
+  /** It is a local path (not a URI). */
+  local: boolean;
+  /** Its device number, as stat'ed (discovery does not stat it again). */
+  rdev?: number | null;
+}
+
 /**
  * Runs discovery for a `-src` and, when it finds a VHD or raw file whose size matches, returns
  * that image's allocation. Returns `undefined` when the source is not a block device (a file,
@@ -138,7 +151,8 @@ async function rawAllocation(
  * import { FileDisk } from "../file/file_disk.ts";
  * import { allocationFromDiscovery } from "./source_allocation.ts";
  * const src = await FileDisk.open("/dev/sm/backend/SR/VDI");
- * const found = await allocationFromDiscovery("/dev/sm/backend/SR/VDI", src, {});
+ * const kind = { blockDevice: true, vhd: false, local: true };
+ * const found = await allocationFromDiscovery("/dev/sm/backend/SR/VDI", src, {}, kind);
  * found?.notes[0]; // "auto-detect src vhd: /var/run/sr-mount/SR/VDI.vhd"
  * ```
  */
@@ -146,29 +160,28 @@ export async function allocationFromDiscovery(
   spec: string,
   src: Disk,
   options: SourceDiscoveryOptions,
+  kind: SourceKind,
 ): Promise<DiscoveredAllocation | undefined> {
-  let info;
-  try {
-    info = await Deno.stat(spec);
-  } catch {
-    info = undefined; // a URI, or gone: not ours to explain
-  }
-  if (!info?.isBlockDevice) {
+  if (!kind.blockDevice) {
     if (options.requireVhd) {
-      if (info?.isFile && await isVhdFile(spec)) return undefined;
+      if (kind.vhd) return undefined;
       throw requireFailure(
         spec,
-        info ? "it is not a block device or a VHD file" : "not a local path",
+        kind.local ? "it is not a block device or a VHD file" : "not a local path",
       );
     }
     return undefined;
   }
 
-  const d = await discover(spec, options);
+  const d = await discover(spec, options, {
+    isBlockDevice: true,
+    isFile: false,
+    rdev: kind.rdev ?? null,
+  });
   const summary = summaryOf(d);
   const notes: string[] = [];
   const detail: string[] = [];
-  let found: { extents?: ExtentSet; reason?: string } = { reason: d.reason };
+  let found: { extents?: ExtentSet; reason?: string; layers?: string[] } = { reason: d.reason };
   if (d.image?.kind === "vhd") found = await vhdAllocation(d, d.image.path, src, options, detail);
   else if (d.image?.kind === "raw") found = await rawAllocation(d, d.image.path, src);
 
@@ -201,7 +214,14 @@ export async function allocationFromDiscovery(
     throw requireFailure(spec, `${d.image?.path} is a raw image, not a VHD`);
   }
   summary.reason = null;
-  return { extents: found.extents, route: vhd ? "vhd" : "raw-seek-data", notes, summary };
+  const out: DiscoveredAllocation = {
+    extents: found.extents,
+    route: vhd ? "vhd" : "raw-seek-data",
+    notes,
+    summary,
+  };
+  if (found.layers) out.layers = found.layers;
+  return out;
 }
 
 /**

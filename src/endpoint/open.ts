@@ -1,6 +1,6 @@
 /**
- * Turns the strings of `-src`, `-dest` and `-base` into {@linkcode Disk}s. This is the one place
- * that knows which kinds of disk exist: the copier does not.
+ * Turns resolved {@linkcode Endpoint}s into {@linkcode Disk}s. This is the one place that knows
+ * which kinds of disk exist: the copier does not.
  *
  * @module
  */
@@ -9,18 +9,17 @@ import type { Disk } from "../core/disk.ts";
 import { ExitCode, SparseDdError } from "../core/errors.ts";
 import { FileDisk } from "../file/file_disk.ts";
 import { NbdDisk } from "../nbd/nbd_disk.ts";
-import { isNbdUri, parseNbdUri } from "../nbd/protocol.ts";
+import { parseNbdUri } from "../nbd/protocol.ts";
+import type { VhdChain } from "../vhd/chain.ts";
 import type { VhdBackend } from "../vhd/libvhd.ts";
-import { isVhdSource, VhdDisk } from "../vhd/vhd_disk.ts";
-import { isRemoteUrl, redactSecrets } from "../http/url.ts";
+import { VhdDisk } from "../vhd/vhd_disk.ts";
 import { openRemote, type RemoteOptions } from "../http/remote.ts";
+import { addChainStorage, type Endpoint } from "./endpoint.ts";
 
 /** What the command line says about how to open disks. */
 export interface OpenOptions {
   /** `-unbuffered`: O_DIRECT I/O where the disk supports it. */
   unbuffered?: boolean;
-  /** How to read the source: detect, or force raw or VHD. */
-  srcFormat?: "auto" | "raw" | "vhd";
   /** `-vhd-backend`: who reads VHD metadata (default auto: libvhd when loadable). */
   vhdBackend?: VhdBackend;
   /** `-nbd-export`: the export name of an NBD destination. */
@@ -53,34 +52,51 @@ async function openNbd(
   });
 }
 
-/** A source that can only be a destination (xapi's imports take data; they give none). */
-function refuseRemoteSource(spec: string, role: string): void {
-  if (isRemoteUrl(spec)) {
-    throw new SparseDdError(
-      ExitCode.Usage,
-      `${redactSecrets(spec)}: an http(s) URL can only be the destination, not the ${role}`,
-    );
-  }
+/** An opened source: the disk, and its VHD chain when it is read as one (for `-base`). */
+export interface OpenedSource {
+  /** What the copier reads. */
+  disk: Disk;
+  /** The chain a VHD source is read through. */
+  chain?: VhdChain;
 }
 
 /**
- * Opens the source of a copy, read-only.
+ * Opens the source of a copy, read-only, as its description says. A VHD source's chain files are
+ * recorded in the endpoint (`chain`, `storage`), so copy threads reopen exactly those files and
+ * the destination can be checked against every one of them.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * import { resolveEndpoint } from "./endpoint.ts";
  * import { openSource } from "./open.ts";
- * const src = await openSource("/dev/sm/backend/sr/vdi", {});
- * src.size;
+ * const src = await openSource(await resolveEndpoint("/dev/sm/backend/sr/vdi", "source"), {});
+ * src.disk.size;
  * ```
  */
-export async function openSource(spec: string, options: OpenOptions = {}): Promise<Disk> {
-  refuseRemoteSource(spec, "source");
-  if (isNbdUri(spec)) return await openNbd(spec, false, options);
-  // A VHD file is read as the disk it describes (its chain), not as its bytes.
-  if (await isVhdSource(spec, options.srcFormat ?? "auto")) {
-    return await VhdDisk.open(spec, { backend: options.vhdBackend ?? "auto" });
+export async function openSource(e: Endpoint, options: OpenOptions = {}): Promise<OpenedSource> {
+  if (e.kind === "nbd") return { disk: await openNbd(e.spec, false, options) };
+  if (e.kind === "vhd") {
+    const disk = await VhdDisk.open(e.spec, {
+      backend: options.vhdBackend ?? "auto",
+      layers: e.chain,
+    });
+    if (e.chain === undefined) {
+      e.chain = disk.chain.layers.map((l) => l.path);
+      await addChainStorage(e, e.chain, "the source's");
+    }
+    return { disk, chain: disk.chain };
   }
-  return await FileDisk.open(spec, { unbuffered: options.unbuffered });
+  return { disk: await FileDisk.open(e.spec, { unbuffered: options.unbuffered }) };
+}
+
+/** Options of {@linkcode openDestination} beyond {@linkcode OpenOptions}. */
+export interface DestinationOptions extends OpenOptions {
+  /**
+   * Claim the destination for this copy alone (default true): a block device is opened with
+   * `O_EXCL` (refused while mounted or claimed by another writer), a regular file is locked
+   * (`flock`). Copy threads of the same copy open it without claiming.
+   */
+  claim?: boolean;
 }
 
 /**
@@ -89,18 +105,19 @@ export async function openSource(spec: string, options: OpenOptions = {}): Promi
  * must already be large enough (the copier checks before writing anything).
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * import { resolveEndpoint } from "./endpoint.ts";
  * import { openDestination } from "./open.ts";
- * const dst = await openDestination("/tmp/out.raw", 1 << 30, {});
+ * const dst = await openDestination(await resolveEndpoint("/tmp/out.raw", "destination"), 1 << 30);
  * ```
  */
 export async function openDestination(
-  spec: string,
+  e: Endpoint,
   size: number,
-  options: OpenOptions = {},
+  options: DestinationOptions = {},
 ): Promise<Disk> {
-  if (isRemoteUrl(spec)) {
-    return await openRemote(spec, size, {
+  if (e.kind === "http") {
+    return await openRemote(e.spec, size, {
       tls: { verify: false },
       ...options.remote,
       nbdExport: options.nbdExport,
@@ -108,10 +125,11 @@ export async function openDestination(
     });
   }
   // An NBD export has its own size and is never assumed to be zero (only -prezeroed says so).
-  if (isNbdUri(spec)) return await openNbd(spec, true, options);
-  return await FileDisk.open(spec, {
+  if (e.kind === "nbd") return await openNbd(e.spec, true, options);
+  return await FileDisk.open(e.spec, {
     write: true,
     createSize: size,
     unbuffered: options.unbuffered,
+    claim: options.claim ?? true,
   });
 }

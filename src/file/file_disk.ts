@@ -40,8 +40,11 @@ import {
   FALLOC_FL_ZERO_RANGE,
   type Libc,
   libc,
+  LOCK_EX,
+  LOCK_NB,
   O_CREAT,
   O_DIRECT,
+  O_EXCL,
   O_RDONLY,
   O_RDWR,
   POSIX_FADV_DONTNEED,
@@ -60,6 +63,12 @@ export interface FileOpenOptions {
   createSize?: number;
   /** `O_DIRECT` for aligned requests (`-unbuffered true`), where the file system allows it. */
   unbuffered?: boolean;
+  /**
+   * With `write`: claim the disk for this writer alone. A block device is opened with `O_EXCL`
+   * (the kernel refuses it while mounted or claimed by another), a regular file gets an
+   * exclusive `flock`; either fails at once, never waits.
+   */
+  claim?: boolean;
 }
 
 function reasonOf(err: unknown): string {
@@ -498,6 +507,8 @@ function offloadsZeroes(rdev: number | null): boolean {
 export class FileDisk implements Disk {
   /** Any buffer is accepted; aligned ones (see {@linkcode scanBuffer}) go through O_DIRECT. */
   readonly alignment = 1;
+  /** Allocation comes from `SEEK_DATA`/`SEEK_HOLE`. */
+  readonly allocationRoute = "seek-data";
   /**
    * Present when ranges can be made zero without writing them: holes punched in a file,
    * BLKZEROOUT on a device.
@@ -567,10 +578,13 @@ export class FileDisk implements Disk {
     const create = write && options.createSize !== undefined;
     const isBlock = info?.isBlockDevice ?? false;
     let backend: Backend;
+    const claim = write && options.claim === true;
     try {
-      backend = openBackend(path, write, create, options.unbuffered, isBlock);
+      backend = openBackend(path, write, create, options.unbuffered, isBlock, claim);
     } catch (err) {
-      throw new DiskError(path, "open", undefined, reasonOf(err), { cause: err });
+      throw new DiskError(path, "open", undefined, claimReason(err, isBlock) ?? reasonOf(err), {
+        cause: err,
+      });
     }
     try {
       let size: number;
@@ -647,21 +661,56 @@ export class FileDisk implements Disk {
   }
 }
 
+/** Why a claimed open failed, when it failed because another writer has the disk. */
+function claimReason(err: unknown, isBlock: boolean): string | undefined {
+  if (err instanceof ClaimError) return err.message;
+  if (isBlock && err instanceof ErrnoError && err.code === "EBUSY") {
+    return "the device is in use (mounted, or being written by another sparse_dd or program " +
+      "that claimed it): refusing to write to it";
+  }
+  return undefined;
+}
+
+/** Another writer holds the destination's lock. */
+class ClaimError extends Error {}
+
+const LOCKED = "another sparse_dd (or another program holding a lock on it) is writing to it: " +
+  "wait for that copy to finish, or give another destination";
+
 function openBackend(
   path: string,
   write: boolean,
   create: boolean,
   unbuffered: boolean | undefined,
   isBlock: boolean,
+  claim = false,
 ): Backend {
   const c = libc();
   if (c === undefined) {
-    return new FsFileBackend(
-      Deno.openSync(path, { read: true, write, create, mode: 0o644 }),
-    );
+    const file = Deno.openSync(path, { read: true, write, create, mode: 0o644 });
+    if (claim && !isBlock && !file.tryLockSync(true)) {
+      file.close();
+      throw new ClaimError(LOCKED);
+    }
+    return new FsFileBackend(file);
   }
-  const flags = (write ? O_RDWR : O_RDONLY) | (create ? O_CREAT : 0);
+  // O_EXCL without O_CREAT claims a block device: EBUSY while it is mounted or claimed.
+  const flags = (write ? O_RDWR : O_RDONLY) | (create && !isBlock ? O_CREAT : 0) |
+    (claim && isBlock ? O_EXCL : 0);
   const fd = c.open(path, flags, 0o644);
+  if (claim && !isBlock) {
+    try {
+      c.flock(fd, LOCK_EX | LOCK_NB);
+    } catch (err) {
+      safe(() => c.close(fd), undefined);
+      if (err instanceof ErrnoError && err.code === "EAGAIN") throw new ClaimError(LOCKED);
+      // A file system without flock support: nobody can lock it, so nobody is refused.
+      if (!(err instanceof ErrnoError) || (err.code !== "ENOLCK" && err.code !== "EOPNOTSUPP")) {
+        throw err;
+      }
+      return openBackend(path, write, create, unbuffered, isBlock, false);
+    }
+  }
   let directFd: number | undefined;
   // Block devices default to O_DIRECT: device-to-device through the page cache measured 2.4x
   // slower (two caches, and writeback of the device's cache at the end); O_DIRECT requests to a

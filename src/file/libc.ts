@@ -92,6 +92,11 @@ const TMPFS_MAGIC = 0x01021994n;
 /** `statfs` `f_type` of ramfs. */
 const RAMFS_MAGIC = 0x858458f6n;
 
+/** flock(2): exclusive lock. */
+export const LOCK_EX = 2;
+/** flock(2): fail with EWOULDBLOCK instead of waiting. */
+export const LOCK_NB = 4;
+
 /** errno: interrupted system call. */
 export const EINTR = 4;
 /** errno: no such device or address (`SEEK_DATA` past the last data). */
@@ -126,6 +131,7 @@ const ERRNO_NAMES: Record<number, string> = {
   28: "ENOSPC",
   29: "ESPIPE",
   30: "EROFS",
+  37: "ENOLCK",
   38: "ENOSYS",
   95: "EOPNOTSUPP",
 };
@@ -197,6 +203,7 @@ const SYMBOLS = {
   },
   ftruncate: { name: "ftruncate64", parameters: ["i32", "i64"], result: "i32" },
   fdatasync: { parameters: ["i32"], result: "i32" },
+  flock: { parameters: ["i32", "i32"], result: "i32" },
   fdatasyncAsync: { name: "fdatasync", parameters: ["i32"], result: "i32", nonblocking: true },
   sync_file_range: { parameters: ["i32", "i64", "i64", "u32"], result: "i32" },
   syncFileRangeAsync: {
@@ -455,6 +462,24 @@ export class Libc {
   /** `ftruncate(2)`: sets the file size. */
   ftruncate(fd: number, length: number): void {
     if (this.#s.ftruncate(fd, BigInt(length)) !== 0) this.#fail("ftruncate");
+  }
+
+  /**
+   * `flock(2)`: takes an advisory lock on the open file description; with `LOCK_NB`, fails with
+   * `EAGAIN` (EWOULDBLOCK) when another one holds it.
+   *
+   * @example
+   * ```ts ignore
+   * import { libc, LOCK_EX, LOCK_NB } from "./libc.ts";
+   * libc()!.flock(fd, LOCK_EX | LOCK_NB); // throws ErrnoError EAGAIN when locked elsewhere
+   * ```
+   */
+  flock(fd: number, operation: number): void {
+    for (;;) {
+      if (this.#s.flock(fd, operation) === 0) return;
+      const e = this.errno();
+      if (e !== EINTR) this.#fail("flock", e);
+    }
   }
 
   /** `fdatasync(2)` on another thread. */

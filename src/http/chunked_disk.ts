@@ -9,8 +9,7 @@
  * @module
  */
 
-import { DiskError, type DiskOp } from "../core/disk.ts";
-import type { DiskHints } from "../copy/copier.ts";
+import { type Disk, DiskError, type DiskOp } from "../core/disk.ts";
 import { describe, withTimeout } from "./client.ts";
 import { type ByteStream, writeFully } from "./stream.ts";
 
@@ -58,7 +57,7 @@ export interface ChunkedOptions {
  * await disk.close();
  * ```
  */
-export class ChunkedDisk implements DiskHints {
+export class ChunkedDisk implements Disk {
   /** The receiver writes only what it is sent. */
   readonly knownZero = false;
   /** Frames go out one after another; the copier may prepare the next while one is sent. */

@@ -328,6 +328,8 @@ function withDefaults(options: NbdOptions): Required<Omit<NbdOptions, "exportNam
  * ```
  */
 export class NbdDisk implements Disk {
+  /** Allocation comes from `base:allocation` block status. */
+  readonly allocationRoute = "nbd-block-status";
   /** The URI, as given (or rebuilt when the export name was overridden). */
   readonly name: string;
   /** Where the export lives (undefined for a connection handed to {@linkcode NbdDisk.attach}). */

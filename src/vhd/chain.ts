@@ -26,6 +26,11 @@ export interface ChainOptions {
   maxDepth?: number;
   /** File access, for tests over memory (default: the real file system). */
   fs?: ChainFs;
+  /**
+   * The chain's files, leaf first, as an earlier open found them: each parent is opened from
+   * here (its UUID still checked) instead of being looked for again (copy threads reopen a chain).
+   */
+  layers?: readonly string[];
 }
 
 /** The file-system operations a chain needs; the default is Deno's. */
@@ -138,7 +143,8 @@ export async function openChain(path: string, options: ChainOptions = {}): Promi
       if (layers.length >= maxDepth) {
         throw new VhdError(path, undefined, `VHD chain is deeper than ${maxDepth} layers`);
       }
-      layer = await openParent(layer, fs, layerOptions, seenPaths, seenUuids, options);
+      const known = options.layers?.[layers.length];
+      layer = await openParent(layer, fs, layerOptions, seenPaths, seenUuids, options, known);
       layers.push(layer);
     }
     return new VhdChain(layers);
@@ -163,6 +169,7 @@ async function openParent(
   seenPaths: Map<string, string>,
   seenUuids: Set<string>,
   options: ChainOptions,
+  known?: string,
 ): Promise<VhdLayer> {
   const header = child.header!;
   const at = child.footer.dataOffset;
@@ -174,9 +181,11 @@ async function openParent(
       "differencing VHD over a raw parent (parent UUID is all zeroes) is not supported",
     );
   }
-  const locators = await child.locatorPaths();
-  const candidates = parentCandidates(child.path, locators, header.parentName, options.searchDirs);
-  const childReal = await canonical(fs, child.path);
+  const locators = known === undefined ? await child.locatorPaths() : [];
+  const candidates = known !== undefined
+    ? [known]
+    : parentCandidates(child.path, locators, header.parentName, options.searchDirs);
+  const childReal = known === undefined ? await canonical(fs, child.path) : child.path;
   if (childReal !== child.path) {
     for (const c of parentCandidates(childReal, locators, header.parentName, options.searchDirs)) {
       if (!candidates.includes(c)) candidates.push(c);

@@ -9,11 +9,8 @@
  */
 
 import { type ChainOptions, openChain, type VhdChain } from "./chain.ts";
-import type { Disk } from "../core/disk.ts";
 import { ExtentSet } from "../core/extent.ts";
 import { isVhdFile } from "./layer.ts";
-
-import { VhdDisk } from "./vhd_disk.ts";
 
 export { isVhdFile };
 
@@ -81,12 +78,17 @@ export function planBase(source: VhdChain, base: VhdChain, size: number = source
 
 /** Inputs of {@linkcode resolveVhdBase}: what the command line and the opened source say. */
 export interface VhdBaseInputs {
-  /** `-base` as given (a VHD file, or a device whose VHD is `baseVhd`); may be undefined. */
+  /** `-base` as given, for messages; may be undefined (only `-base-vhd`). */
   base?: string;
-  /** `-base-vhd`: the VHD behind the base. */
+  /**
+   * The base's VHD: `-base-vhd`, the VHD found behind a base device, or the base itself when it
+   * is read as a VHD. Absent: the base is not a VHD chain.
+   */
   baseVhd?: string;
-  /** The opened source: a {@linkcode VhdDisk} brings its own chain. */
-  source: Disk;
+  /** The source's own chain, when the source is read as a VHD. */
+  sourceChain?: VhdChain;
+  /** The source's name, for messages. */
+  sourceName: string;
   /** The VHD behind a device source (`-src-vhd`, or what discovery found). */
   srcVhd?: string;
   /** Bytes of the copy. */
@@ -103,6 +105,10 @@ export interface VhdBaseResult {
   notes: string[];
   /** The layer comparison, when both sides were VHD chains. */
   plan?: BasePlan;
+  /** The files of the base's VHD chain, leaf first, when it was opened. */
+  baseLayers?: string[];
+  /** The files of the source's VHD chain opened from `srcVhd`, leaf first. */
+  sourceLayers?: string[];
 }
 
 /**
@@ -114,46 +120,54 @@ export interface VhdBaseResult {
  * @example
  * ```ts ignore
  * import { resolveVhdBase } from "./delta.ts";
- * const r = await resolveVhdBase({ base: "snap.vhd", source: src, size: src.size });
+ * const r = await resolveVhdBase({ baseVhd: "snap.vhd", sourceChain, sourceName: "leaf.vhd", size });
  * r.unchanged; // pass to copy()
  * ```
  */
 export async function resolveVhdBase(inputs: VhdBaseInputs): Promise<VhdBaseResult> {
   const label = inputs.base ?? inputs.baseVhd ?? "";
-  let basePath = inputs.baseVhd;
-  if (basePath === undefined && inputs.base !== undefined) {
-    const info = await Deno.stat(inputs.base).catch(() => undefined);
-    if (info?.isFile && await isVhdFile(inputs.base)) basePath = inputs.base;
-  }
+  const basePath = inputs.baseVhd;
   if (basePath === undefined) {
     return {
       notes: [
-        `warning: -base ${label} is not a VHD chain sparse_dd can read (give -base-vhd PATH): ` +
-        `doing a full copy`,
+        `warning: -base ${label} is not a VHD chain sparse_dd can read (give -base-vhd PATH, ` +
+        `or -base-format vhd): doing a full copy`,
       ],
     };
   }
-  let source: VhdChain | undefined;
+  let source: VhdChain | undefined = inputs.sourceChain;
   let owned = false;
-  if (inputs.source instanceof VhdDisk) {
-    source = inputs.source.chain;
-  } else if (inputs.srcVhd !== undefined) {
+  if (source === undefined && inputs.srcVhd !== undefined) {
     source = await openChain(inputs.srcVhd, inputs.chain);
     owned = true;
   }
   if (source === undefined) {
-    return {
+    const r: VhdBaseResult = {
       notes: [
-        `warning: -base ${label} ignored: the source ${inputs.source.name} is not a VHD chain ` +
+        `warning: -base ${label} ignored: the source ${inputs.sourceName} is not a VHD chain ` +
         `(give -src-vhd PATH): doing a full copy`,
       ],
     };
+    // Its files are still learnt, so that none of them can be the destination.
+    const base = await openChain(basePath, inputs.chain).catch(() => undefined);
+    if (base) {
+      r.baseLayers = base.layers.map((l) => l.path);
+      base.close();
+    }
+    return r;
   }
   try {
     const base = await openChain(basePath, inputs.chain);
     try {
       const plan = planBase(source, base, inputs.size);
-      return { unchanged: plan.unchanged, notes: [], plan };
+      const r: VhdBaseResult = {
+        unchanged: plan.unchanged,
+        notes: [],
+        plan,
+        baseLayers: base.layers.map((l) => l.path),
+      };
+      if (owned) r.sourceLayers = source.layers.map((l) => l.path);
+      return r;
     } finally {
       base.close();
     }

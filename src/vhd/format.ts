@@ -153,6 +153,11 @@ export interface VhdLayout {
   tableOffset: number;
   /** Bytes to read for the used part of the BAT (entries * 4). */
   batBytes: number;
+  /**
+   * Byte ranges `[start, end)` of the file's own metadata (the footer copy, the dynamic header,
+   * the whole declared BAT): no block may lie in them.
+   */
+  metadata?: Array<[number, number]>;
 }
 
 const NIL_UUID = "00000000-0000-0000-0000-000000000000";
@@ -255,6 +260,20 @@ export function hasVhdCookie(bytes: Uint8Array): boolean {
 }
 
 /**
+ * True when `bytes` start with `v_poison`: the footer cookie blktap writes to disable a VHD (an
+ * interrupted `vhd-util resize` leaves it). Such a file is a VHD, and one that must not be read.
+ *
+ * @example
+ * ```ts
+ * import { hasPoisonCookie } from "./format.ts";
+ * hasPoisonCookie(new TextEncoder().encode("v_poison")); // true
+ * ```
+ */
+export function hasPoisonCookie(bytes: Uint8Array): boolean {
+  return bytes.length >= 8 && ascii(bytes, 0, 8) === POISON_COOKIE;
+}
+
+/**
  * Parses and validates a footer (512 bytes; a 511-byte footer from very old Microsoft tools is
  * accepted too). Checks the cookie, the checksum (accepting old tapdisk footers whose `hidden`
  * flag was set without re-checksumming, as libvhd does) and the disk type.
@@ -281,7 +300,12 @@ export function parseFooter(bytes: Uint8Array, file: string, offset: number): Vh
   const b = bytes.subarray(0, FOOTER_SIZE);
   const cookie = ascii(b, 0, 8);
   if (cookie === POISON_COOKIE) {
-    throw new VhdError(file, offset, `VHD is marked disabled (footer cookie "v_poison")`);
+    throw new VhdError(
+      file,
+      offset,
+      `VHD is marked disabled (footer cookie "v_poison", left by an interrupted vhd-util ` +
+        `resize): repair it with vhd-util before copying it`,
+    );
   }
   if (cookie !== FOOTER_COOKIE) {
     throw new VhdError(
@@ -536,6 +560,11 @@ export function checkLayout(
     entries,
     tableOffset: header.tableOffset,
     batBytes: entries * 4,
+    metadata: [
+      [0, FOOTER_SIZE],
+      [headerOffset, headerOffset + HEADER_SIZE],
+      [header.tableOffset, declaredEnd],
+    ],
   };
 }
 
@@ -569,12 +598,8 @@ export function parseBat(
     );
   }
   const bat = new Uint32Array(layout.entries);
-  const span = layout.bitmapBytes + layout.blockSize;
-  for (let i = 0; i < layout.entries; i++) {
-    const entry = u32(bytes, i * 4);
-    bat[i] = entry;
-    if (entry !== BAT_UNUSED) checkBlock(i, entry, span, dataEnd, layout, file);
-  }
+  for (let i = 0; i < layout.entries; i++) bat[i] = u32(bytes, i * 4);
+  checkBatEntries(bat, layout, dataEnd, file);
   return bat;
 }
 
@@ -595,8 +620,29 @@ export function checkBatEntries(
   file: string,
 ): void {
   const span = layout.bitmapBytes + layout.blockSize;
+  let used = 0;
   for (let i = 0; i < bat.length; i++) {
-    if (bat[i] !== BAT_UNUSED) checkBlock(i, bat[i], span, dataEnd, layout, file);
+    if (bat[i] !== BAT_UNUSED) {
+      checkBlock(i, bat[i], span, dataEnd, layout, file);
+      used++;
+    }
+  }
+  // Two entries whose blocks overlap would make one write show through the other: refuse.
+  const sorted = new Float64Array(used);
+  let n = 0;
+  for (let i = 0; i < bat.length; i++) if (bat[i] !== BAT_UNUSED) sorted[n++] = bat[i];
+  sorted.sort();
+  for (let k = 1; k < sorted.length; k++) {
+    if ((sorted[k] - sorted[k - 1]) * SECTOR < span) {
+      const i = bat.indexOf(sorted[k - 1]);
+      const j = bat.indexOf(sorted[k], sorted[k] === sorted[k - 1] ? i + 1 : 0);
+      throw new VhdError(
+        file,
+        layout.tableOffset + j * 4,
+        `BAT entries ${i} and ${j} share file space (blocks at offsets ${sorted[k - 1] * SECTOR} ` +
+          `and ${sorted[k] * SECTOR}, each ${span} bytes): the VHD is broken`,
+      );
+    }
   }
 }
 
@@ -609,6 +655,16 @@ function checkBlock(
   file: string,
 ): void {
   const start = entry * SECTOR;
+  for (const [from, to] of layout.metadata ?? []) {
+    if (start < to && start + span > from) {
+      throw new VhdError(
+        file,
+        layout.tableOffset + i * 4,
+        `BAT entry ${i} points into the file's own metadata: block at offset ${start} overlaps ` +
+          `[${from}, ${to}) (footer copy, header or BAT): the VHD is broken`,
+      );
+    }
+  }
   if (start + span > dataEnd) {
     throw new VhdError(
       file,

@@ -19,6 +19,7 @@ import {
   DiskType,
   diskTypeName,
   FOOTER_SIZE,
+  hasPoisonCookie,
   hasVhdCookie,
   HEADER_SIZE,
   parseBat,
@@ -70,6 +71,24 @@ export class FileAccess implements RandomAccess {
 
   /** Opens `path` read-only; the size is found by seeking to the end (works for block devices). */
   static async open(path: string): Promise<FileAccess> {
+    // Looked at before it is opened: opening a FIFO (a path a locator or tap-ctl may name) would
+    // wait for a writer forever.
+    let info: Deno.FileInfo;
+    try {
+      info = await Deno.stat(path);
+    } catch (err) {
+      throw new VhdError(path, undefined, errorText(err), { cause: err });
+    }
+    if (!info.isFile && !info.isBlockDevice) {
+      const what = info.isDirectory
+        ? "a directory"
+        : info.isFifo
+        ? "a FIFO"
+        : info.isSocket
+        ? "a socket"
+        : "a character device";
+      throw new VhdError(path, undefined, `is ${what}, not a VHD file`);
+    }
     let file: Deno.FsFile;
     try {
       file = await Deno.open(path, { read: true });
@@ -237,15 +256,7 @@ export async function readMetadata(file: RandomAccess): Promise<LayerMetadata> {
   }
   const { footer, footerOffset } = await readFooter(file);
   if (footer.diskType === DiskType.Fixed) {
-    const needed = footer.currentSize + FOOTER_SIZE;
-    if (file.size < needed) {
-      throw new VhdError(
-        name,
-        footerOffset,
-        `fixed VHD truncated: virtual size ${footer.currentSize} needs ${needed} bytes, ` +
-          `the file has ${file.size}`,
-      );
-    }
+    checkFixedSize(footer, footerOffset, file.size, name);
     return { footer, footerOffset };
   }
   const headerOffset = footer.dataOffset!;
@@ -291,6 +302,10 @@ export function dataEnd(fileSize: number, footerOffset: number): number {
  * ```
  */
 export function validateMetadata(meta: LayerMetadata, fileSize: number, name: string): void {
+  if (meta.footer.diskType === DiskType.Fixed) {
+    checkFixedSize(meta.footer, meta.footerOffset, fileSize, name);
+    return;
+  }
   if (meta.header === undefined || meta.bat === undefined) return;
   const layout = checkLayout(meta.footer, meta.header, fileSize, name);
   if (meta.bat.length < layout.entries) {
@@ -303,6 +318,19 @@ export function validateMetadata(meta: LayerMetadata, fileSize: number, name: st
   meta.bat = meta.bat.subarray(0, layout.entries);
   meta.layout = layout;
   checkBatEntries(meta.bat, layout, dataEnd(fileSize, meta.footerOffset), name);
+}
+
+/** A fixed VHD must hold its whole virtual size in front of the footer. */
+function checkFixedSize(footer: VhdFooter, footerOffset: number, fileSize: number, name: string) {
+  const needed = footer.currentSize + FOOTER_SIZE;
+  if (fileSize < needed) {
+    throw new VhdError(
+      name,
+      footerOffset,
+      `fixed VHD truncated: virtual size ${footer.currentSize} needs ${needed} bytes, ` +
+        `the file has ${fileSize}`,
+    );
+  }
 }
 
 async function readFooter(
@@ -319,11 +347,14 @@ async function readFooter(
     return { footer: parseFooter(end, name, endOffset), footerOffset: endOffset };
   } catch (err) {
     if (!(err instanceof VhdError)) throw err;
+    // Disabled by blktap: refused, whatever the copy at offset 0 still says.
+    if (hasPoisonCookie(end)) throw err;
     endError = err;
   }
   // The copy at offset 0 exists only for dynamic and differencing disks.
   const head = new Uint8Array(FOOTER_SIZE);
   await file.readAt(0, head);
+  if (hasPoisonCookie(head)) parseFooter(head, name, 0); // throws: disabled
   if (!hasVhdCookie(head)) throw endError;
   let footer: VhdFooter;
   try {

@@ -307,7 +307,10 @@ function fromLibvhd(raw: LibvhdMetadata, file: RandomAccess): LayerMetadata {
     if (footer.diskType !== DiskType.Fixed) {
       throw new VhdError(name, footerOffset, "libvhd returned no header for a sparse VHD");
     }
-    return { footer, footerOffset };
+    // The same checks as the TypeScript reader (the file holds the whole virtual size).
+    const fixed: LayerMetadata = { footer, footerOffset };
+    validateMetadata(fixed, file.size, name);
+    return fixed;
   }
   const header = parseHeader(raw.header, name, footer.dataOffset ?? 0);
   const meta: LayerMetadata = { footer, footerOffset, header, bat: raw.bat };

@@ -11,7 +11,6 @@ import { type ChainOptions, openChain, type VhdChain } from "./chain.ts";
 import { asDiskError, type Disk, DiskError } from "../core/disk.ts";
 import type { ExtentSet } from "../core/extent.ts";
 import { ExitCode, SparseDdError } from "../core/errors.ts";
-import { isVhdFile } from "./layer.ts";
 
 /**
  * A VHD chain as a source disk.
@@ -28,6 +27,8 @@ import { isVhdFile } from "./layer.ts";
  */
 export class VhdDisk implements Disk {
   readonly name: string;
+  /** Allocation comes from the chain's BATs. */
+  readonly allocationRoute = "vhd";
   readonly size: number;
   #closed = false;
 
@@ -111,39 +112,13 @@ export class VhdDisk implements Disk {
 }
 
 /**
- * Whether `-src` should be read as a VHD: forced by `format`, or (`auto`) when it is a regular
- * file whose footer (or footer copy at offset 0) has the `conectix` cookie. Block devices are
- * read raw in `auto` mode: tapdisk already presents the chain's content there.
- *
- * @example
- * ```ts ignore
- * import { isVhdSource } from "./vhd_disk.ts";
- * await isVhdSource("disk.vhd", "auto"); // true
- * await isVhdSource("/dev/sda", "auto"); // false
- * ```
- */
-export async function isVhdSource(
-  spec: string,
-  format: "auto" | "raw" | "vhd",
-): Promise<boolean> {
-  if (format !== "auto") return format === "vhd";
-  let info: Deno.FileInfo;
-  try {
-    info = await Deno.stat(spec);
-  } catch {
-    return false; // FileDisk.open gives the error for a missing source
-  }
-  return info.isFile && await isVhdFile(spec);
-}
-
-/**
  * The allocation of the VHD chain at `vhdPath` for a device source of `deviceSize` bytes
  * (`-src-vhd`): the chain must describe a disk of that size, or it is not this device's VHD.
  *
  * @example
  * ```ts ignore
  * import { deviceVhdAllocation } from "./vhd_disk.ts";
- * const extents = await deviceVhdAllocation("/dev/sm/x", 10 << 30, "/sr/x.vhd");
+ * const { extents, layers } = await deviceVhdAllocation("/dev/sm/x", 10 << 30, "/sr/x.vhd");
  * ```
  */
 export async function deviceVhdAllocation(
@@ -151,7 +126,7 @@ export async function deviceVhdAllocation(
   deviceSize: number,
   vhdPath: string,
   options: ChainOptions = {},
-): Promise<ExtentSet> {
+): Promise<{ extents: ExtentSet; layers: string[] }> {
   const chain = await openChain(vhdPath, options);
   try {
     if (chain.size !== deviceSize) {
@@ -161,7 +136,7 @@ export async function deviceVhdAllocation(
           `${deviceSize}: not the VHD behind this device`,
       );
     }
-    return chain.allocation();
+    return { extents: chain.allocation(), layers: chain.layers.map((l) => l.path) };
   } finally {
     chain.close();
   }

@@ -188,11 +188,6 @@ Deno.test("bad input: one clear stderr line naming the path, the documented exit
       ],
       [["-src", dir, "-dest", `${dir}/d2`], ExitCode.Source, /Is a directory/],
       [
-        ["-src", `${dir}/src`, "-dest", `${dir}/d3`, "-size", String(2 * MiB)],
-        ExitCode.Usage,
-        /-size 2097152 is larger than the source .*src \(1048576 bytes\)/,
-      ],
-      [
         ["-src", `${dir}/src`, "-dest", `${dir}/d4`, "-size", "-7"],
         ExitCode.Usage,
         /invalid -size value '-7'/,
@@ -223,12 +218,107 @@ Deno.test("bad input: one clear stderr line naming the path, the documented exit
       match(lines[0], pattern);
       strictEqual(res.stdout.length, 0);
     }
-    for (const d of ["d1", "d2", "d3", "d4", "d5", "d7", "d8"]) {
+    for (const d of ["d1", "d2", "d4", "d5", "d7", "d8"]) {
       ok(
         !(await Deno.stat(`${dir}/${d}`).then(() => true, () => false)),
         `${d} must not be created`,
       );
     }
+  });
+});
+
+Deno.test("-size larger than the source copies the source's size, as xapi's sparse_dd (storage migration rounds up)", async () => {
+  await withTempDir(async (dir) => {
+    await makeSparse(`${dir}/src`, MiB, [[0, 4096], [MiB - 4096, 4096]]);
+    // The destination is the remote VDI, rounded up: its bytes past the source's size stay.
+    await Deno.writeFile(`${dir}/dst`, new Uint8Array(2 * MiB).fill(7));
+    const res = await runMain([
+      "-machine",
+      "-src",
+      `${dir}/src`,
+      "-dest",
+      `${dir}/dst`,
+      "-size",
+      String(2 * MiB),
+      ...NO_CONFIG,
+    ]);
+    strictEqual(res.code, 0, res.stderr);
+    ok(readMachineStream(res.stdout).ended);
+    strictEqual(res.stderr, "", "under -machine the note goes to the system log");
+    ok(await sameBytes(`${dir}/src`, `${dir}/dst`, MiB));
+    const tail = (await Deno.readFile(`${dir}/dst`)).subarray(MiB);
+    strictEqual(tail.length, MiB);
+    ok(tail.every((b) => b === 7), "nothing written past the source's size");
+    const human = await runMain([
+      "-src",
+      `${dir}/src`,
+      "-dest",
+      `${dir}/dst2`,
+      "-size",
+      String(2 * MiB),
+      ...NO_CONFIG,
+    ]);
+    strictEqual(human.code, 0, human.stderr);
+    match(human.stderr, /-size 2097152 is larger than the source .*src: copying its 1048576 bytes/);
+    strictEqual((await Deno.stat(`${dir}/dst2`)).size, MiB);
+  });
+});
+
+Deno.test("an invalid nice or ionice value in the configuration is noted and ignored, never a failure", async () => {
+  await withTempDir(async (dir) => {
+    await makeSparse(`${dir}/src`, MiB, [[0, 4096]]);
+    await Deno.writeTextFile(
+      `${dir}/sparse_dd.conf`,
+      "nice = ten\nionice_class = 9\nionice_class_data = x\n",
+    );
+    const conf = ["-config", `${dir}/sparse_dd.conf`];
+    const r = await parse(["-src", "/a", "-dest", "/b", ...conf]);
+    ok(r.action === "copy");
+    deepStrictEqual(
+      [r.options.nice, r.options.ioniceClass, r.options.ioniceClassData],
+      [undefined, undefined, undefined],
+    );
+    deepStrictEqual(r.configNotes, [
+      "ignoring ionice_class 9: the classes are 0 to 3",
+      "ignoring invalid value for nice: 'ten' (expected an integer)",
+      "ignoring invalid value for ionice_class_data: 'x' (expected an integer)",
+    ]);
+    const res = await runMain(["-src", `${dir}/src`, "-dest", `${dir}/dst`, ...conf]);
+    strictEqual(res.code, 0, res.stderr);
+    match(res.stderr, /ignoring invalid value for nice: 'ten'/);
+    ok(await sameBytes(`${dir}/src`, `${dir}/dst`));
+  });
+});
+
+Deno.test("under -machine stderr holds only the failure: notes (inert flags, config, discovery) go to syslog", async () => {
+  await withTempDir(async (dir) => {
+    await makeSparse(`${dir}/src`, MiB, [[0, 4096]]);
+    await Deno.writeTextFile(`${dir}/sparse_dd.conf`, "bogus = 1\nnice = x\n");
+    const xapiArgv = (dest: string) => [
+      "-machine",
+      "-src",
+      `${dir}/src`,
+      "-dest",
+      dest,
+      "-size",
+      String(MiB),
+      "-good-ciphersuites",
+      "ECDHE-RSA-AES256-GCM-SHA384",
+      "-ssl-legacy",
+      "-config",
+      `${dir}/sparse_dd.conf`,
+    ];
+    const ok0 = await runMain(xapiArgv(`${dir}/dst`));
+    strictEqual(ok0.code, 0, ok0.stderr);
+    strictEqual(ok0.stderr, "");
+    const bad = await runMain(xapiArgv(`${dir}/nodir/dst`));
+    strictEqual(bad.code, ExitCode.Destination);
+    strictEqual(bad.stderr.trim().split("\n").length, 1, bad.stderr);
+    match(bad.stderr, /^sparse_dd: cannot open .*nodir\/dst/);
+    // Without -machine, people see the notes.
+    const human = await runMain(xapiArgv(`${dir}/dst3`).slice(1));
+    match(human.stderr, /not applicable here: -ssl-legacy/);
+    match(human.stderr, /ignoring unknown key 'bogus'/);
   });
 });
 

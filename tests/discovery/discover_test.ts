@@ -848,7 +848,7 @@ Deno.test("sparse_dd falls back to a full, correct copy whenever discovery fails
   }
 });
 
-Deno.test("-machine keeps stdout to framed progress; auto-detect goes to stderr", async () => {
+Deno.test("-machine keeps stdout to framed progress; auto-detect goes to the stats, not stderr", async () => {
   await withFixtureDevice(async (dir, f, { major, minor }) => {
     const h = await fakeHost(dir, `${major} tapdev\n`, `tapdisk 1 ${minor} 0 vhd:${f.vhd}\n`);
     const tapdev = await mknod(`${h.dev}/tapdev${minor}`, major, minor);
@@ -867,7 +867,8 @@ Deno.test("-machine keeps stdout to framed progress; auto-detect goes to stderr"
     strictEqual(r.code, 0, r.stderr);
     const stream = readMachineStream(r.stdout);
     ok(stream.ended && stream.trailing === 0, "only framed records on stdout");
-    ok(r.stderr.includes(`auto-detect src vhd: ${f.vhd}\n`), r.stderr);
+    // xapi shows the whole of stderr to the user when a copy fails: notes go to syslog.
+    ok(!r.stderr.includes("auto-detect"), r.stderr);
     const json = JSON.parse(r.stderr.split("\n").find((l) => l.startsWith("{"))!);
     strictEqual(json.discovery.vhd, f.vhd);
     ok(await sameBytes(`${dir}/out.raw`, f.raw));

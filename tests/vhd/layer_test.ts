@@ -180,3 +180,49 @@ Deno.test("a small bitmap cache still reads every block right", async () => {
   }
   layer.close();
 });
+
+/** `sample()` with BAT entry `i` set to `sector` (the BAT is at 1536, big-endian u32s). */
+function withBatEntry(edits: Array<[number, number | "same-as-0"]>): Uint8Array {
+  const b = sample().build();
+  const view = new DataView(b.buffer);
+  for (const [i, sector] of edits) {
+    view.setUint32(1536 + i * 4, sector === "same-as-0" ? view.getUint32(1536) : sector, false);
+  }
+  return b;
+}
+
+Deno.test("BAT entries pointing into the file's own metadata, or sharing a block, are refused", async () => {
+  const cases: Array<[string, Array<[number, number | "same-as-0"]>, RegExp]> = [
+    ["sector 0 (the footer copy)", [[1, 0]], /BAT entry 1 points into the file's own metadata/],
+    ["inside the header", [[1, 2]], /BAT entry 1 points into .*overlaps \[512, 1536\)/],
+    ["inside the BAT", [[1, 3]], /BAT entry 1 points into .*overlaps \[1536, 1560\)/],
+    ["the same block twice", [[1, "same-as-0"]], /BAT entries 0 and 1 share file space/],
+    ["overlapping blocks", [[1, 1536 / 512 + 1 + 8]], /BAT entries \d and \d share file space/],
+  ];
+  for (const [name, edits, why] of cases) {
+    const bytes = withBatEntry(edits);
+    await assert.rejects(
+      readMetadata(new MemoryAccess("bad.vhd", bytes)),
+      (err: unknown) =>
+        err instanceof VhdError && why.test(err.message) || assert.fail(`${name}: ${err}`),
+      name,
+    );
+  }
+  // The untouched file is fine.
+  await readMetadata(new MemoryAccess("good.vhd", sample().build()));
+});
+
+Deno.test("a VHD disabled by blktap (v_poison) is refused, even with an intact footer copy", async () => {
+  const poison = new TextEncoder().encode("v_poison");
+  const tailOnly = sample().build();
+  tailOnly.set(poison, tailOnly.length - 512);
+  const both = tailOnly.slice();
+  both.set(poison, 0);
+  for (const [name, bytes] of [["tail only", tailOnly], ["both", both]] as const) {
+    await assert.rejects(
+      readMetadata(new MemoryAccess("off.vhd", bytes)),
+      /VHD is marked disabled \(footer cookie "v_poison", left by an interrupted vhd-util resize\)/,
+      name,
+    );
+  }
+});

@@ -229,3 +229,37 @@ Deno.test("the FFI binding works against a stand-in with libvhd's ABI (tests/fix
     assert.ok(await sameBytes(`${dir}/ffi.raw`, `${dir}/ts.raw`));
   });
 });
+
+Deno.test("with libvhd too, a truncated fixed VHD is refused before the destination is written", async () => {
+  await withTempDir(async (dir) => {
+    const so = `${dir}/libvhd-standin.so`;
+    await sh("gcc", ["-shared", "-fPIC", "-O2", "-o", so, `${ROOT}/tests/fixtures/fake-libvhd.c`]);
+    // A fixed VHD of 8 MiB cut to its first 2 MiB of data (and its footer).
+    const w = new VhdWriter({ size: 8 * 1024 * 1024, type: "fixed" });
+    w.write(0, new Uint8Array(2 * 1024 * 1024).fill(0x61));
+    const whole = w.build();
+    const cut = new Uint8Array(2 * 1024 * 1024 + 512);
+    cut.set(whole.subarray(0, 2 * 1024 * 1024));
+    cut.set(whole.subarray(whole.length - 512), 2 * 1024 * 1024);
+    await Deno.writeFile(`${dir}/cut.vhd`, cut);
+    const before = new Uint8Array(8 * 1024 * 1024).fill(0xee);
+    await Deno.writeFile(`${dir}/dest.raw`, before);
+    for (const backend of ["ffi", "auto"]) {
+      const r = await runMain(
+        ["-src", `${dir}/cut.vhd`, "-dest", `${dir}/dest.raw`, "-vhd-backend", backend],
+        { env: { [LIBVHD_ENV]: so } },
+      );
+      assert.equal(r.code, 3, `${backend}: ${r.stderr}`);
+      assert.match(r.stderr, /fixed VHD truncated: virtual size 8388608 needs 8389120 bytes/);
+      assert.ok(
+        equalBytes(await Deno.readFile(`${dir}/dest.raw`), before),
+        `${backend}: untouched`,
+      );
+    }
+  });
+});
+
+/** Byte equality without assert's (very slow) diff of megabytes. */
+function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}

@@ -4,7 +4,8 @@ import { DiskError } from "../../src/core/disk.ts";
 import { ExtentSet } from "../../src/core/extent.ts";
 import { FileDisk } from "../../src/file/file_disk.ts";
 import { MemoryAccess, type RandomAccess } from "../../src/vhd/layer.ts";
-import { isVhdSource, VhdDisk } from "../../src/vhd/vhd_disk.ts";
+import { VhdDisk } from "../../src/vhd/vhd_disk.ts";
+import { formatByName } from "../../src/endpoint/endpoint.ts";
 import { runMain, sameBytes, sh, withLoop, withTempDir } from "../_support/helpers.ts";
 import { Prng } from "../_support/prng.ts";
 import {
@@ -89,11 +90,12 @@ Deno.test("-src-format raw copies a VHD file's own bytes; vhd forces the VHD rea
     assert.ok(await sameBytes(`${dir}/bytes`, vhd));
     assert.equal((await Deno.stat(`${dir}/bytes`)).size, fileSize);
 
-    // A VHD under a name that says nothing, detected anyway; and forced.
+    // A VHD under a name that says nothing is raw unless forced: content never picks the format.
     await Deno.copyFile(vhd, `${dir}/disk.img`);
-    assert.ok(await isVhdSource(`${dir}/disk.img`, "auto"));
-    assert.ok(!(await isVhdSource(`${dir}/disk.img`, "raw")));
-    assert.ok(!(await isVhdSource(`${dir}/bytes.none`, "auto")));
+    assert.equal(formatByName(`${dir}/disk.img`, "auto"), "raw");
+    assert.equal(formatByName(`${dir}/disk.img`, "vhd"), "vhd");
+    assert.equal(formatByName(`${dir}/q.vhd`, "raw"), "raw");
+    assert.equal(formatByName(`${dir}/Q.VHD`, "auto"), "vhd");
     await sh("qemu-img", ["convert", "-f", "vpc", "-O", "raw", vhd, `${dir}/qemu.raw`]);
     r = await runMain(["-src", `${dir}/disk.img`, "-dest", `${dir}/out`, "-src-format", "vhd"]);
     assert.equal(r.code, 0, r.stderr);
