@@ -21,7 +21,7 @@
 
 import { copyArgv, failureMessage, runCopyChild } from "./child.ts";
 import type { PluginConfig } from "./config.ts";
-import { posix } from "node:path";
+import { basename, dirname, resolve } from "../src/core/path.ts";
 import { type OpState, OpStore } from "./ops.ts";
 import { privateDirectory, readNoFollow } from "./trust.ts";
 import type { CopyRequest } from "./validate.ts";
@@ -118,9 +118,9 @@ async function readOrder(): Promise<WorkerOrder> {
  */
 export async function runWorker(opDir: string, config: PluginConfig): Promise<void> {
   // Only an operation directory of the configured, private state directory.
-  const stateDir = posix.resolve(config.stateDir);
-  const id = posix.basename(opDir);
-  if (posix.dirname(posix.resolve(opDir)) !== stateDir || !OP_ID.test(id)) return;
+  const stateDir = resolve(config.stateDir);
+  const id = basename(opDir);
+  if (dirname(resolve(opDir)) !== stateDir || !OP_ID.test(id)) return;
   if (!(await privateDirectory(stateDir, false).catch(() => false))) return;
   const store = new OpStore(stateDir);
   if (!(await store.checkOpDir(id).then(() => true, () => false))) return;

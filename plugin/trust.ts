@@ -16,7 +16,7 @@
  * @module
  */
 
-import { posix } from "node:path";
+import { dirname, join, resolve } from "../src/core/path.ts";
 
 /** The owners a trusted entry may have: root, and whoever runs the plugin (root on a host). */
 function trustedOwner(uid: number | null): boolean {
@@ -49,7 +49,7 @@ export async function untrustedReason(path: string): Promise<string | undefined>
   let current = "/";
   let parentShared = false;
   for (let i = 0; i <= parts.length; i++) {
-    if (i > 0) current = posix.join(current, parts[i - 1]);
+    if (i > 0) current = join(current, parts[i - 1]);
     const last = i === parts.length;
     const info = await Deno.lstat(current);
     if (info.isSymlink) return `${current} is a symlink`;
@@ -116,8 +116,8 @@ export class UnsafeDirectory extends Error {
  * ```
  */
 export async function privateDirectory(dir: string, create: boolean): Promise<boolean> {
-  const path = posix.resolve(dir);
-  const parent = posix.dirname(path);
+  const path = resolve(dir);
+  const parent = dirname(path);
   if (create) {
     await Deno.mkdir(parent, { recursive: true, mode: 0o755 });
     try {

@@ -23,7 +23,7 @@
  * @module
  */
 
-import { posix } from "node:path";
+import { basename, dirname, join } from "../src/core/path.ts";
 import { parseBytes } from "../src/cli/values.ts";
 import { ErrorCode, PluginFailure } from "./protocol.ts";
 import { isWithin, untrustedReason } from "./trust.ts";
@@ -243,11 +243,11 @@ export async function resolveDisk(
   mayCreate: boolean,
 ): Promise<ResolvedDisk> {
   checkPathSyntax(name, value);
-  const base = posix.basename(value);
+  const base = basename(value);
   if (value.endsWith("/") || base === "." || base === ".." || base === "") {
     return invalid(name, value, "names a directory");
   }
-  const parent = posix.dirname(value);
+  const parent = dirname(value);
   let parentReal: string;
   try {
     parentReal = await Deno.realPath(parent);
@@ -256,7 +256,7 @@ export async function resolveDisk(
     if (missing(err)) return invalid(name, value, `directory ${parent} does not exist`);
     throw err;
   }
-  const full = posix.join(parentReal, base);
+  const full = join(parentReal, base);
   let exists = true;
   try {
     await Deno.lstat(full);

@@ -10,7 +10,7 @@
 # Environment:
 #   BENCH_QUICK=1        sizes / 8 and 3 counted runs: a try-out in about two minutes
 #   BENCH_RUNS=N         counted runs per tool (default 5; quick 3)
-#   BENCH_ONLY="S1 S4"   only these scenario ids (S1 S2a S2b S3 S4 S5* BIG)
+#   BENCH_ONLY="S1 S4"   only these scenario ids (START S1 S2a S2b S2t RNDt VM S3 S4 S5* BIG)
 #   BENCH_DIR=DIR        work directory (default: a new one under /var/tmp, removed at the end)
 #   BENCH_KEEP=1         keep the work directory
 #   BENCH_OUT=FILE       report file (default BENCHMARKS.md; quick mode: BENCHMARKS.quick.md)
@@ -21,6 +21,8 @@
 # functions S1-S4 use:
 #   scenario ID "title" REF DEST SIZE [ALLOC_PATH]   REF: raw file DEST must equal (cmp -n SIZE);
 #                                                    ALLOC_PATH: what du measures (default DEST)
+#   describe ID "source" "destination" "data" "what it stands for"   a row of the report's
+#                                                    scenario table
 #   prep 'shell'      run (untimed) before every run of every tool of the scenario
 #   ours NAME 'cmd'   a sparse_dd row (the first one is the headline)
 #   peer NAME 'cmd'   a peer row
@@ -28,12 +30,17 @@
 #   on_exit 'shell'   cleanup at exit (kill a server you started, ...)
 # and may use $WORK, $SD (the sparse_dd command), $SCALE (1, or 8 in quick mode), $S2_SRC
 # (a dense raw file, 70% zero regions), $S2_SIZE, bench_want ID (true if the id is selected).
+#
+# Every run records wall time, CPU seconds (user + sys of the timed command and its children,
+# /usr/bin/time), peak RSS and the 1-minute load average; the warm-up run also records the
+# destination's allocation (du) and extent count (filefrag). BENCHMARKS.md embeds one SVG chart
+# per scenario, written beside it into bench/ (scripts/bench_chart.ts).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 
 ensure_deno
-ensure_apt time qemu-utils libnbd-bin nbdkit coreutils util-linux
+ensure_apt time qemu-utils libnbd-bin nbdkit coreutils util-linux e2fsprogs
 
 QUICK=${BENCH_QUICK:-0}
 SCALE=1
@@ -52,15 +59,17 @@ if [ -z "${SPARSE_DD:-}" ]; then
   BUNDLE=$(mktemp --suffix=.js /var/tmp/sparse_dd_bench_bundle.XXXXXX)
   "$DENO" bundle --quiet --platform=deno -o "$BUNDLE" "$ROOT/main.ts"
 fi
-SD=${SPARSE_DD:-"$DENO run -A --quiet --no-config --no-lock $BUNDLE"}
-SD_PREFIX=$SD # what the rows show instead of the full command
-
 if [ -n "${BENCH_DIR:-}" ]; then
   WORK=$BENCH_DIR
   mkdir -p "$WORK"
 else
   WORK=$(mktemp -d /var/tmp/sparse_dd_bench.XXXXXX)
 fi
+# A Deno cache of its own (V8's code cache of the bundle, filled by the warm-up round), as on a
+# host where nothing else runs Deno: a cache shared with busy neighbours costs start-up.
+mkdir -p "$WORK/deno-dir"
+SD=${SPARSE_DD:-"env DENO_DIR=$WORK/deno-dir $DENO run -A --quiet --no-config --no-lock $BUNDLE"}
+SD_PREFIX=$SD # what the rows show instead of the full command
 RESULTS=$WORK/results.tsv
 # The block device under the work directory: its write requests and busy time (io_ticks) are
 # recorded around every timed run, to show when the disk, not the tool, sets the pace.
@@ -68,8 +77,10 @@ DEV=$(basename "$(df --output=source "$WORK" | tail -n 1)")
 grep -qw "$DEV" /proc/diskstats || DEV=""
 devstat() { [ -n "$DEV" ] && awk -v d="$DEV" '$3 == d { print $8, $13 }' /proc/diskstats || echo "0 0"; }
 SCENARIOS=$WORK/scenarios.tsv
+DESCRIBED=$WORK/described.tsv
 : >"$RESULTS"
 : >"$SCENARIOS"
+: >"$DESCRIBED"
 
 EXIT_CMDS=()
 on_exit() { EXIT_CMDS+=("$1"); }
@@ -98,43 +109,51 @@ bench_want() {
 
 # --- the harness ------------------------------------------------------------------------------
 
-SC_ID="" SC_TITLE="" SC_REF="" SC_DEST="" SC_SIZE=0 SC_ALLOC="" SC_PREP=":"
+SC_ID="" SC_TITLE="" SC_REF="" SC_DEST="" SC_SIZE=0 SC_ALLOC="" SC_PREP=":" SC_SYNC=1
 NAMES=() CMDS=() KINDS=()
 
 scenario() {
-  SC_ID=$1 SC_TITLE=$2 SC_REF=$3 SC_DEST=$4 SC_SIZE=$5 SC_ALLOC=${6:-$4} SC_PREP=":"
+  SC_ID=$1 SC_TITLE=$2 SC_REF=$3 SC_DEST=$4 SC_SIZE=$5 SC_ALLOC=${6:-$4} SC_PREP=":" SC_SYNC=1
   NAMES=() CMDS=() KINDS=()
 }
+describe() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$DESCRIBED"; }
 prep() { SC_PREP=$1; }
+# nosync: time the command alone (start-up: nothing to make durable).
+nosync() { SC_SYNC=0; }
 ours() { NAMES+=("$1") CMDS+=("$2") KINDS+=(ours); }
 peer() { NAMES+=("$1") CMDS+=("$2") KINDS+=(peer); }
 
 # run_one TOOL_INDEX ROUND: prep, then the timed command + sync; appends a row to $RESULTS.
 run_one() {
-  local i=$1 round=$2 rc=0 t0 t1 rss alloc="" same="" d0 d1
+  local i=$1 round=$2 rc=0 t0 t1 rss cpu alloc="" same="" d0 d1 extents="" load cmd
   eval "$SC_PREP" >/dev/null 2>&1 || { log "prep failed for $SC_ID"; return 1; }
   sync
+  cmd=${CMDS[$i]}
+  [ "$SC_SYNC" = 1 ] && cmd="$cmd && sync -d '$SC_DEST'"
+  load=$(cut -d' ' -f1 /proc/loadavg)
   d0=$(devstat)
   t0=$EPOCHREALTIME
-  /usr/bin/time -f %M -o "$WORK/rss" bash -c "${CMDS[$i]} && sync -d '$SC_DEST'" \
-    >"$WORK/out" 2>"$WORK/err" || rc=$?
+  /usr/bin/time -f '%M %U %S' -o "$WORK/rss" bash -c "$cmd" >"$WORK/out" 2>"$WORK/err" || rc=$?
   t1=$EPOCHREALTIME
   d1=$(devstat)
-  rss=$(tail -n 1 "$WORK/rss" 2>/dev/null | tr -dc 0-9)
+  rss=$(tail -n 1 "$WORK/rss" 2>/dev/null | awk '{ print $1 }')
+  cpu=$(tail -n 1 "$WORK/rss" 2>/dev/null | awk '{ print $2 + $3 }')
   if [ "$round" = 0 ]; then
     # Allocation and correctness once per tool, after the warm-up run; a global sync first, so
     # that every tool's file-system metadata (extent-tree blocks) is settled alike.
     sync
     alloc=$(du -B1 "$SC_ALLOC" 2>/dev/null | cut -f1 || true)
+    extents=$(filefrag "$SC_ALLOC" 2>/dev/null | sed -n 's/.*: \([0-9]*\) extents\? found.*/\1/p' || true)
     if [ "$rc" = 0 ] && cmp -s -n "$SC_SIZE" "$SC_REF" "$SC_DEST"; then same=ok; else same=DIFF; fi
   fi
   if [ "$rc" != 0 ]; then
     log "  ${NAMES[$i]} failed (exit $rc): $(head -c 300 "$WORK/err" | tr '\n' ' ')"
     same=FAIL
   fi
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$SC_ID" "$i" "$round" \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$SC_ID" "$i" "$round" \
     "$(awk "BEGIN { print $t1 - $t0 }")" "${rss:-0}" "$alloc" "$same" "$rc" "${KINDS[$i]}" \
-    "$(echo "$d0 $d1" | awk '{ print $3 - $1 "\t" $4 - $2 }')" >>"$RESULTS"
+    "$(echo "$d0 $d1" | awk '{ print $3 - $1 "\t" $4 - $2 }')" "${cpu:-}" "$extents" "$load" \
+    >>"$RESULTS"
 }
 
 measure() {
@@ -163,6 +182,23 @@ log "work directory $WORK; quick=$QUICK runs=$RUNS"
 W=$WORK
 D=$W/dest.raw
 
+# --- START: start-up, which xapi and the plugin pay for every operation -----------------------------
+if bench_want START; then
+  E=$W/empty.raw
+  : >"$E"
+  # Nothing to compare: the reference and the "destination" are the empty source itself.
+  scenario START "start-up: --version, and a 0-byte copy into a new file" "$E" "$E" 0
+  describe START "0-byte file" "new file" "–" "xapi and the plugin start sparse_dd for every operation"
+  prep "rm -f $D"
+  nosync
+  ours "sparse_dd --version" "$SD --version"
+  ours "sparse_dd, 0-byte copy" "$SD -src $E -dest $D -size 0"
+  peer "cp, 0-byte file" "cp --sparse=always $E $D"
+  peer "qemu-img convert, 0-byte file" "qemu-img convert -f raw -O raw $E $D"
+  peer "nbdcopy, 0-byte file" "nbdcopy $E $D"
+  measure $((RUNS * 2))
+fi
+
 # --- S1: sparse raw -> fresh file -----------------------------------------------------------------
 S1_SIZE=$((4 * GiB / SCALE))
 if bench_want S1; then
@@ -170,6 +206,8 @@ if bench_want S1; then
   log "making S1: $((S1_SIZE / MiB)) MiB sparse, 10% of 2 MiB blocks random"
   data sparse "$S1" "$S1_SIZE" $((2 * MiB)) 0.10 1
   scenario S1 "$(human $S1_SIZE) sparse raw (10% of 2 MiB blocks data) → new file" "$S1" "$D" "$S1_SIZE"
+  describe S1 "$(human $S1_SIZE) sparse raw file, ext4" "new file, ext4" "10%, whole 2 MiB blocks" \
+    "a thin VDI exported to a file"
   prep "rm -f $D"
   ours "sparse_dd" "$SD -src $S1 -dest $D -size $S1_SIZE"
   ours "sparse_dd -unbuffered true" "$SD -src $S1 -dest $D -size $S1_SIZE -unbuffered true"
@@ -188,7 +226,7 @@ fi
 S2_SIZE=$((2 * GiB / SCALE))
 S2_SRC=$W/s2.raw
 NZ=$W/nonzero.raw
-if bench_want S2a || bench_want S2b || bench_want S4; then
+if bench_want S2a || bench_want S2b || bench_want S2t || bench_want S4; then
   log "making S2: $((S2_SIZE / MiB)) MiB dense, 70% of 64 KiB regions zero"
   data regions "$S2_SRC" "$S2_SIZE" 65536 0.70 2
 fi
@@ -197,6 +235,8 @@ if bench_want S2b || bench_want S4; then
 fi
 if bench_want S2a; then
   scenario S2a "$(human $S2_SIZE) dense raw, 70% zero 64 KiB regions → new file" "$S2_SRC" "$D" "$S2_SIZE"
+  describe S2a "$(human $S2_SIZE) fully allocated raw file, ext4" "new file, ext4" \
+    "30%, 64 KiB regions" "a thick VDI: only the scan finds its zeroes"
   prep "rm -f $D"
   ours "sparse_dd" "$SD -src $S2_SRC -dest $D -size $S2_SIZE"
   ours "sparse_dd -threads 2" "$SD -src $S2_SRC -dest $D -size $S2_SIZE -threads 2"
@@ -213,6 +253,8 @@ if bench_want S2a; then
 fi
 if bench_want S2b; then
   scenario S2b "$(human $S2_SIZE) dense raw, 70% zero 64 KiB regions → existing non-zero file (not prezeroed)" "$S2_SRC" "$D" "$S2_SIZE"
+  describe S2b "as S2a" "existing file of 0xFF, ext4" "30%, 64 KiB regions" \
+    "overwriting an old copy: the zeroes must land"
   # Every run starts from a file full of 0xFF: the zeroes must land.
   prep "cp $NZ $D"
   ours "sparse_dd" "$SD -src $S2_SRC -dest $D -size $S2_SIZE"
@@ -227,6 +269,64 @@ if bench_want S2b; then
   peer "nbdcopy" "nbdcopy $S2_SRC $D"
   measure
   rm -f "$D"
+fi
+
+# --- S2t, RNDt: memory to memory (tmpfs): no disk in the way, the CPU is the limit -----------------
+if bench_want S2t || bench_want RNDt; then
+  TM=$W/tmpfs
+  mkdir -p "$TM"
+  mount -t tmpfs -o size=$((5 * S2_SIZE / MiB))m sparse_dd_bench "$TM"
+  on_exit "umount $TM"
+  TD=$TM/dest.raw
+fi
+if bench_want S2t; then
+  cp "$S2_SRC" "$TM/s2.raw"
+  scenario S2t "$(human $S2_SIZE) dense raw, 70% zero 64 KiB regions, tmpfs → new file on tmpfs" "$TM/s2.raw" "$TD" "$S2_SIZE"
+  describe S2t "the S2 source, on tmpfs" "new file, tmpfs" "30%, 64 KiB regions" \
+    "the CPU cost of reading, scanning and writing, no disk"
+  prep "rm -f $TD"
+  ours "sparse_dd" "$SD -src $TM/s2.raw -dest $TD -size $S2_SIZE"
+  ours "sparse_dd -threads 2" "$SD -src $TM/s2.raw -dest $TD -size $S2_SIZE -threads 2"
+  peer "cp --sparse=always" "cp --sparse=always $TM/s2.raw $TD"
+  peer "qemu-img convert" "qemu-img convert -f raw -O raw $TM/s2.raw $TD"
+  peer "qemu-img convert -m 8 -W" "qemu-img convert -f raw -O raw -m 8 -W $TM/s2.raw $TD"
+  peer "nbdcopy" "nbdcopy $TM/s2.raw $TD"
+  measure
+  rm -f "$TD" "$TM/s2.raw"
+fi
+if bench_want RNDt; then
+  data random "$TM/rnd.raw" "$S2_SIZE" 6
+  scenario RNDt "$(human $S2_SIZE) random data, tmpfs → new file on tmpfs" "$TM/rnd.raw" "$TD" "$S2_SIZE"
+  describe RNDt "$(human $S2_SIZE) random raw file, tmpfs" "new file, tmpfs" "100%, no zeroes" \
+    "the CPU-bound limit: every byte read, scanned and written"
+  prep "rm -f $TD"
+  ours "sparse_dd" "$SD -src $TM/rnd.raw -dest $TD -size $S2_SIZE"
+  peer "cp --sparse=always" "cp --sparse=always $TM/rnd.raw $TD"
+  peer "qemu-img convert" "qemu-img convert -f raw -O raw $TM/rnd.raw $TD"
+  peer "qemu-img convert -m 8 -W" "qemu-img convert -f raw -O raw -m 8 -W $TM/rnd.raw $TD"
+  peer "nbdcopy" "nbdcopy $TM/rnd.raw $TD"
+  measure
+  rm -f "$TD" "$TM/rnd.raw"
+fi
+
+# --- VM: a VM-shaped sparse disk: scattered extents of 4 KiB-1 MiB with zero runs inside ------------
+VM_SIZE=$((16 * GiB / SCALE))
+if bench_want VM; then
+  VM=$W/vm.raw
+  log "making VM: $((VM_SIZE / GiB)) GiB sparse, scattered 4 KiB-1 MiB extents with zero runs inside"
+  data vm "$VM" "$VM_SIZE" 0.06 8
+  scenario VM "$(human $VM_SIZE) VM-shaped sparse raw (scattered 4 KiB–1 MiB extents, zero runs inside) → new file" "$VM" "$D" "$VM_SIZE"
+  describe VM "$(human $VM_SIZE) sparse raw file, ext4" "new file, ext4" \
+    "6% allocated in 4 KiB–1 MiB extents, a third of them zero runs" "a used VM's disk"
+  prep "rm -f $D"
+  ours "sparse_dd" "$SD -src $VM -dest $D -size $VM_SIZE"
+  ours "sparse_dd -threads 2" "$SD -src $VM -dest $D -size $VM_SIZE -threads 2"
+  peer "cp --sparse=always" "cp --sparse=always $VM $D"
+  peer "qemu-img convert" "qemu-img convert -f raw -O raw $VM $D"
+  peer "qemu-img convert -m 8 -W" "qemu-img convert -f raw -O raw -m 8 -W $VM $D"
+  peer "nbdcopy" "nbdcopy $VM $D"
+  measure
+  rm -f "$D" "$VM"
 fi
 
 # --- S3: dynamic VHD (qemu-img, 10% written with qemu-io) -> raw ---------------------------------
@@ -247,6 +347,8 @@ if bench_want S3; then
   qemu-io -f vpc "${args[@]}" "$S3"
   qemu-img convert -f vpc -O raw "$S3" "$S3_REF"
   scenario S3 "$(human $S3_SIZE) dynamic VHD (10% of blocks written) → raw new file" "$S3_REF" "$D" "$S3_SIZE"
+  describe S3 "$(human $S3_SIZE) dynamic VHD (qemu-img), ext4" "new raw file, ext4" \
+    "10%, 2 MiB blocks" "a VHD-format SR's VDI"
   prep "rm -f $D"
   ours "sparse_dd" "$SD -src $S3 -dest $D -size $S3_SIZE"
   ours "sparse_dd -unbuffered true" "$SD -src $S3 -dest $D -size $S3_SIZE -unbuffered true"
@@ -269,6 +371,8 @@ if bench_want S4; then
   on_exit "losetup -d $LB"
   log "S4: $LA (ro, over the S2 source) → $LB (over a file of 0xFF)"
   scenario S4 "$(human $S2_SIZE) loop device → loop device holding 0xFF (not prezeroed)" "$S2_SRC" "$LB" "$S2_SIZE" "$B"
+  describe S4 "loop device over the S2 source" "loop device over a file of 0xFF" \
+    "30%, 64 KiB regions" "LVM-based SRs: block device to block device"
   prep "dd if=$NZ of=$LB bs=4M oflag=direct status=none"
   ours "sparse_dd" "$SD -src $LA -dest $LB -size $S2_SIZE"
   ours "sparse_dd -threads 1" "$SD -src $LA -dest $LB -size $S2_SIZE -threads 1"
@@ -294,6 +398,8 @@ if bench_want BIG; then
   log "making BIG: $((BIG_SIZE / GiB)) GiB sparse, 0.5% of 2 MiB blocks random"
   data sparse "$BIG" "$BIG_SIZE" $((2 * MiB)) 0.005 4
   scenario BIG "$(human $BIG_SIZE) sparse raw (0.5% of 2 MiB blocks data) → new file: peak RSS" "$BIG" "$D" "$BIG_SIZE"
+  describe BIG "$(human $BIG_SIZE) sparse raw file, ext4" "new file, ext4" "0.5%, 2 MiB blocks" \
+    "a large, nearly empty disk: memory must not grow with size"
   prep "rm -f $D"
   ours "sparse_dd" "$SD -src $BIG -dest $D -size $BIG_SIZE"
   peer "cp --sparse=always" "cp --sparse=always $BIG $D"

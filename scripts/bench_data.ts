@@ -7,10 +7,13 @@
  * deno run -A scripts/bench_data.ts fill     PATH SIZE BYTE                  # dense, one byte value
  * deno run -A scripts/bench_data.ts random   PATH SIZE SEED                  # dense random bytes
  * deno run -A scripts/bench_data.ts offsets  SIZE BLOCK FRACTION SEED       # chosen block offsets
+ * deno run -A scripts/bench_data.ts vm       PATH SIZE FRACTION SEED        # VM-shaped, see below
  * ```
  *
  * `sparse` leaves every unchosen block a hole; `regions` writes every byte (zero regions too), so
- * the file is fully allocated and only scanning can find its zeroes.
+ * the file is fully allocated and only scanning can find its zeroes. `vm` is shaped like a used
+ * VM's disk: data in scattered extents of 4 KiB to 1 MiB (log-uniform sizes, 4 KiB aligned,
+ * `FRACTION` of the disk in all), each written whole but a third of it zero runs of 4-64 KiB.
  *
  * @module
  */
@@ -121,11 +124,42 @@ switch (cmd) {
     f.close();
     break;
   }
+  case "vm": {
+    const [path] = args;
+    const size = num(1), fraction = num(2), seed = num(3);
+    const K4 = 4096;
+    await Deno.remove(path).catch(() => {});
+    const f = await Deno.open(path, { write: true, create: true, truncate: true });
+    await f.truncate(size);
+    const r = new Bytes(seed);
+    const data = new Bytes(seed + 1);
+    const buf = new Uint8Array(MiB);
+    // Mean extent: (1 MiB - 4 KiB) / ln(256), about 189 KiB; gaps keep `fraction` of the disk.
+    const meanExtent = (MiB - K4) / Math.log(256);
+    const meanGap = meanExtent * (1 - fraction) / fraction;
+    for (let pos = 0;;) {
+      pos += Math.floor((r.unit() * 2 * meanGap) / K4) * K4;
+      const len = Math.min(MiB, Math.max(K4, Math.floor(K4 * 256 ** r.unit() / K4) * K4));
+      if (pos + len > size) break;
+      const ext = buf.subarray(0, len);
+      for (let at = 0; at < len;) {
+        const piece = ext.subarray(at, Math.min(len, at + K4 * (1 + Math.floor(r.unit() * 16))));
+        if (r.unit() < 1 / 3) piece.fill(0);
+        else data.fill(piece);
+        at += piece.length;
+      }
+      await f.seek(pos, Deno.SeekMode.Start);
+      await writeAll(f, ext);
+      pos += len;
+    }
+    f.close();
+    break;
+  }
   case "offsets": {
     console.log(chooseBlocks(num(0), num(1), num(2), num(3)).join("\n"));
     break;
   }
   default:
-    console.error("usage: bench_data.ts sparse|regions|fill|random|offsets ...");
+    console.error("usage: bench_data.ts sparse|regions|fill|random|offsets|vm ...");
     Deno.exit(1);
 }

@@ -71,6 +71,8 @@ PY
     s5_server "$S5_ID" "$S5_T"
     scenario "$S5_ID" "$(human $S5_SIZE) sparse raw (10% of 2 MiB blocks data) → nbdkit memory over $S5_HOW (not prezeroed)" \
       "$S5_SRC" "$S5_FUSE" "$S5_SIZE"
+    describe "$S5_ID" "$(human $S5_SIZE) sparse raw file, ext4" "nbdkit memory, $S5_HOW" \
+      "10%, 2 MiB blocks" "a VDI exported to an NBD server"
     ours "sparse_dd" "$SD -src $S5_SRC -dest '$S5_URI' -size $S5_SIZE"
     peer "nbdcopy" "nbdcopy $S5_SRC '$S5_URI'"
     peer "qemu-img convert -n" "qemu-img convert -n -f raw -O raw $S5_SRC '$S5_URI'"

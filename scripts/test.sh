@@ -10,7 +10,7 @@ cd "$ROOT"
 # Packages the tests drive as real peers and oracles.
 TEST_PACKAGES=(
   qemu-utils nbdkit libnbd-bin python3 python3-libvhdi util-linux coreutils e2fsprogs mount openssl
-  strace rpm tmux
+  strace rpm tmux time
   xenstore-utils libxenmisc4.17 libxenevtchn1 libxengnttab1 gcc libc6-dev
 )
 

@@ -4,7 +4,13 @@
  */
 
 import { deepStrictEqual, match, ok, strictEqual } from "node:assert/strict";
-import { readMachineStream, sameBytes, xapiCommand } from "./_support/helpers.ts";
+import {
+  readMachineStream,
+  ROOT,
+  sameBytes,
+  withTempDir,
+  xapiCommand,
+} from "./_support/helpers.ts";
 import { bare, type Build, buildCopy, sparseFile } from "./_support/deploy.ts";
 
 /** The glibc Deno's Linux build links with, shipped beside it (dom0's is too old). */
@@ -143,4 +149,19 @@ Deno.test("build.sh runs what deno compile built and refuses plain Deno given as
   match(out.stderr, /refusing the compiled binary: .*--version' printed 'deno \d/);
   match(out.stderr, /denort/);
   ok(!(await Deno.stat(`${build.checkout}/dist-denort/sparse_dd`).then(() => true, () => false)));
+});
+
+Deno.test("the program imports no node: module up front (Deno's Node layer costs every run 15-20 ms)", async () => {
+  await withTempDir(async (dir) => {
+    const out = `${dir}/bundle.js`;
+    const b = await new Deno.Command(Deno.execPath(), {
+      args: ["bundle", "--quiet", "--platform=deno", "-o", out, `${ROOT}/main.ts`],
+      stderr: "piped",
+    }).output();
+    strictEqual(b.code, 0, new TextDecoder().decode(b.stderr));
+    const text = await Deno.readTextFile(out);
+    // Static imports load with the program; `import("node:…")` only where it is used.
+    const nodeImports = [...text.matchAll(/\bfrom\s*["'](node:[^"']+)["']/g)].map((m) => m[1]);
+    strictEqual(nodeImports.length, 0, `the bundle imports ${nodeImports.join(", ")}`);
+  });
 });

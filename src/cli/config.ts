@@ -7,7 +7,7 @@
  * @module
  */
 
-import { posix } from "node:path";
+import { basename, dirname } from "../core/path.ts";
 import { ExitCode, SparseDdError } from "../core/errors.ts";
 import { errorText } from "../core/error_text.ts";
 import { notATextFile } from "./text_file.ts";
@@ -96,7 +96,7 @@ export async function loadConfig(file: string, dir: string = file + ".d"): Promi
   // both usually sit in one directory, listed once.
   const listings = new Map<string, Set<string> | undefined>();
   const present = (path: string) => {
-    const parent = posix.dirname(path);
+    const parent = dirname(path);
     if (!listings.has(parent)) {
       let names: Set<string> | undefined;
       try {
@@ -106,7 +106,7 @@ export async function loadConfig(file: string, dir: string = file + ".d"): Promi
       }
       listings.set(parent, names);
     }
-    return listings.get(parent)?.has(posix.basename(path)) ?? true;
+    return listings.get(parent)?.has(basename(path)) ?? true;
   };
   if (present(file)) await readOne(file);
   let names: string[] = [];

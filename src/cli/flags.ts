@@ -6,7 +6,7 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
+import { parseArgs } from "./args.ts";
 import { ExitCode, SparseDdError } from "../core/errors.ts";
 import { DEFAULT_CONFIG, loadConfig } from "./config.ts";
 import { DISCOVERY_FLAGS, discoveryOptionsFrom } from "./discovery_flags.ts";
@@ -254,7 +254,7 @@ export type ParseResult =
 
 /**
  * Rewrites `-name value` / `--name value` / `--name=value` into `--name=value` for known flags,
- * so that `node:util` parseArgs sees long options and values that start with `-` (a negative
+ * so that parseArgs (args.ts) sees long options and values that start with `-` (a negative
  * `-size`) are kept as values. Unknown names are left for parseArgs to reject.
  */
 function normalise(argv: string[]): string[] {
@@ -561,7 +561,7 @@ export function usage(): string {
     "",
     "Copies BYTES from the source disk to the destination disk, reading only what is allocated",
     "(VHD allocation tables, SEEK_DATA/SEEK_HOLE, NBD block status) and, when the destination is",
-    "known to be zero (-prezeroed, or a new file), writing only the 16 KiB pieces that hold data.",
+    "known to be zero (-prezeroed, or a new file), writing only the 4 KiB pieces that hold data.",
     "Otherwise every unallocated range is made zero on the destination. Nothing outside",
     "[0, BYTES) is written.",
     "",

@@ -4,7 +4,7 @@
  * @module
  */
 
-import { resolve } from "node:path";
+import { resolve } from "../core/path.ts";
 import type { CopyStats } from "../copy/copier.ts";
 import type { DiscoverySummary } from "../discovery/source_allocation.ts";
 import { VERSION } from "../version.ts";

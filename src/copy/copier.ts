@@ -24,7 +24,7 @@ export interface CopyOptions {
   unchanged?: ExtentSet;
   /** The destination holds a base's data (`-base`), so it is never assumed zero. */
   holdsBase?: boolean;
-  /** Zero-scan quantum in bytes (default 16 KiB). */
+  /** Zero-scan quantum in bytes (default 4 KiB). */
   quantum?: number;
   /** Largest read or write in bytes (default 2 MiB). */
   chunkSize?: number;
@@ -340,6 +340,11 @@ export async function runSteps(
   const quantum = options.quantum ?? DEFAULT_QUANTUM;
   const chunk = options.chunkSize ?? 2 * MiB;
   const depth = Math.max(1, options.readAhead ?? 4);
+  // Reads ahead pay off while they wait for a device; asked before every read.
+  const readDepth = () =>
+    options.readAhead === undefined
+      ? Math.max(1, Math.min(depth, src.readQueueDepth ?? depth))
+      : depth;
   const writeDepth = Math.max(1, options.writeBehind ?? dst.writeQueueDepth ?? 1);
   const stats = noCounts();
   const write = async (offset: number, buf: Uint8Array) => {
@@ -376,32 +381,15 @@ export async function runSteps(
   };
 
   // Buffers live in WebAssembly memory (page aligned: fit for O_DIRECT, scanned in place by
-  // SIMD) and cycle through a pool: `depth` being read, up to `writeDepth` being written. A
-  // source that lends its bytes (a mapped file) needs no buffer: the pages are scanned and
-  // written from where they are.
+  // SIMD) and cycle through a pool: `depth` being read, up to `writeDepth` being written.
   const pool: Uint8Array[] = [];
   const take = () => pool.pop() ?? scanBuffer(chunk);
   interface Loaded {
     bytes: Uint8Array;
-    isZero?: (buf: Uint8Array, start: number, end: number) => boolean;
-    /** Lent bytes: why they are no longer the source's, if so (see DiskView.stale). */
-    stale?: () => string | undefined;
-    /** Lent bytes the lender wants back before they are touched (see DiskView.revoked). */
-    revoked?: () => boolean;
-    /** Returns the buffer to the pool, or the lent bytes to the source. */
+    /** Returns the buffer to the pool. */
     done(): void;
   }
   const load = async (step: Step): Promise<Loaded> => {
-    const lent = await src.view?.(step.start, step.length, step.until);
-    if (lent) {
-      const isZero = lent.isZero?.bind(lent);
-      const stale = lent.stale?.bind(lent);
-      const revoked = lent.revoked?.bind(lent);
-      return { bytes: lent.bytes, isZero, stale, revoked, done: () => lent.release() };
-    }
-    return await readInto(step);
-  };
-  const readInto = async (step: Step): Promise<Loaded> => {
     const buf = take();
     try {
       await src.read(step.start, buf.subarray(0, step.length));
@@ -416,14 +404,14 @@ export async function runSteps(
     read?: Promise<Loaded>;
   }
   const queue: Pending[] = [];
-  // Data steps queued (being read, or read and waiting): each holds a buffer or a mapping, so
-  // this bounds memory to (depth + writeDepth + 1) chunks whatever the disk size.
+  // Data steps queued (being read, or read and waiting): each holds a buffer, so this bounds
+  // memory to (depth + writeDepth + 1) chunks whatever the disk size.
   let readsQueued = 0;
   const all = planSteps(run, chunk, Math.max(chunk, 64 * MiB));
   const steps = lanes ? claimedSteps(all, lanes.segment, () => lanes.claim()) : all;
   let exhausted = false;
   const refill = () => {
-    while (!exhausted && queue.length < depth + 16 && readsQueued < depth) {
+    while (!exhausted && queue.length < depth + 16 && readsQueued < readDepth()) {
       const next = steps.next();
       if (next.done) {
         exhausted = true;
@@ -455,12 +443,7 @@ export async function runSteps(
       let work: Promise<void>;
       if (item.read) {
         readsQueued--;
-        let loaded = await item.read;
-        if (loaded.revoked?.()) {
-          // Given back untouched, and read instead (the read reports a source cut short).
-          loaded.done();
-          loaded = await readInto(step);
-        }
+        const loaded = await item.read;
         // Checked again after the wait: the step may not start writing once stopped.
         if (options.signal?.aborted) {
           loaded.done();
@@ -471,7 +454,7 @@ export async function runSteps(
         stats.bytesRead += step.length;
         refill();
         if (run.scan) {
-          const runs = nonZeroRuns(view, quantum, step.start, loaded.isZero);
+          const runs = nonZeroRuns(view, quantum, step.start);
           let covered = 0;
           for (const r of runs) covered += r.length;
           stats.dataBytes += covered;
@@ -491,15 +474,6 @@ export async function runSteps(
         } else {
           stats.dataBytes += step.length;
           work = write(step.start, view);
-        }
-        // Lent bytes that vanished under the write (the source was cut short): the source's
-        // error, at the step's offset, not the destination's.
-        if (loaded.stale) {
-          const stale = loaded.stale;
-          work = work.catch((err) => {
-            const why = stale();
-            throw why === undefined ? err : fail(why, src, "source", "read", step.start);
-          });
         }
         // Every write of the step has settled (or the first failed and the others are still
         // settling): only then may the bytes go back.

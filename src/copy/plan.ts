@@ -5,7 +5,7 @@
  * @module
  */
 
-import { cutExtent, type Extent, extentEnd, ExtentSet } from "../core/extent.ts";
+import { cutExtent, type Extent, ExtentSet } from "../core/extent.ts";
 
 /** What the planner needs to know. */
 export interface PlanInput {
@@ -84,9 +84,6 @@ export function planWork(plan: Plan): number {
 /** One step of a plan: read-and-write `data`, or make `zero`. */
 export interface Step extends Extent {
   kind: "data" | "zero";
-  /** Data steps: where the contiguous data this step is part of ends (the copier reads on to
-   * there, so a source may prepare that much at once). */
-  until?: number;
 }
 
 /**
@@ -110,11 +107,10 @@ export function* planSteps(plan: Plan, chunk: number, zeroChunk: number = chunk)
   }
 }
 
-/** The data steps: the chunks of `data`, each knowing where its extent ends. */
+/** The data steps: the chunks of `data`. */
 function* dataSteps(data: ExtentSet, chunk: number): Generator<Step> {
   for (const e of data.extents) {
-    const until = extentEnd(e);
-    for (const c of cutExtent(e, chunk)) yield { kind: "data", ...c, until };
+    for (const c of cutExtent(e, chunk)) yield { kind: "data", ...c };
   }
 }
 

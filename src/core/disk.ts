@@ -38,13 +38,6 @@ export interface Disk {
   /** Writes all of `buf` at `offset`. */
   write(offset: number, buf: Uint8Array): Promise<void>;
   /**
-   * The bytes of `[offset, offset + length)` lent without copying them (a memory-mapped file), or
-   * `undefined` when that cannot be done right now: the caller then uses `read`, which reports
-   * any error. `until`: the caller will go on asking for the bytes up to there, so the disk may
-   * prepare that much at once. Absent on disks that never lend.
-   */
-  view?(offset: number, length: number, until?: number): Promise<DiskView | undefined>;
-  /**
    * The ranges that may hold non-zero data; everything else reads as zero. `undefined` means
    * unknown (treat everything as allocated). Absent on disks that cannot tell.
    */
@@ -70,6 +63,12 @@ export interface Disk {
    */
   readonly writeQueueDepth?: number;
   /**
+   * How many reads the copier keeps in flight ahead of its writes, as things stand now (it may
+   * change as the copy goes): 1 while reads are served from memory on the calling thread (nothing
+   * would overlap, and every read ahead holds one more buffer). Absent: four.
+   */
+  readonly readQueueDepth?: number;
+  /**
    * Where `allocation()` comes from, for the stats: `seek-data` (SEEK_DATA/SEEK_HOLE), `vhd` (a
    * VHD chain's BAT), `nbd-block-status`, ... Absent: `disk`.
    */
@@ -78,28 +77,6 @@ export interface Disk {
   flush(): Promise<void>;
   /** Releases the disk. Idempotent. */
   close(): Promise<void>;
-}
-
-/** Bytes of a disk lent by {@linkcode Disk.view}. */
-export interface DiskView {
-  /** The bytes, read only; valid until `release()`. */
-  readonly bytes: Uint8Array;
-  /** Gives the memory back. `bytes` must not be touched afterwards (it may be unmapped). */
-  release(): void;
-  /** A faster test for zero bytes in `bytes` than the copier's own, where the lender has one. */
-  isZero?(buf: Uint8Array, start: number, end: number): boolean;
-  /**
-   * Why the lent bytes are no longer the disk's (a file cut short under its mapping), or
-   * `undefined`: asked when writing them failed, so that the source is blamed, not the
-   * destination (a `pwrite` from pages that vanished fails with EFAULT).
-   */
-  stale?(): string | undefined;
-  /**
-   * True when the lender needs the bytes back before they are used (the file is about to be
-   * cut short, see mapping.ts): the caller releases them without touching them and reads the
-   * range instead. Asked right before the bytes are first touched.
-   */
-  revoked?(): boolean;
 }
 
 /** What went wrong, for the exit code: see `ExitCode` in `errors.ts`. */

@@ -10,7 +10,7 @@
  * @module
  */
 
-import { isAbsolute, resolve } from "node:path";
+import { resolve } from "../core/path.ts";
 import { DiskError } from "../core/disk.ts";
 import { ExitCode, SparseDdError } from "../core/errors.ts";
 import { isNbdUri } from "../nbd/protocol.ts";
@@ -220,7 +220,7 @@ export async function resolveEndpoint(
     }
     return { spec, role, kind: "http", format: "raw", storage: [] };
   }
-  const path = isAbsolute(spec) ? spec : resolve(spec);
+  const path = spec.startsWith("/") ? spec : resolve(spec);
   let info: Deno.FileInfo;
   try {
     info = await Deno.stat(path);

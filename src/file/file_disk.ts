@@ -2,15 +2,20 @@
  * Files and block devices as {@linkcode Disk}s.
  *
  * With FFI (the tool runs with `-A`) every disk is a libc file descriptor with no shared file
- * position, so calls may overlap freely. Reads run on Deno's blocking thread pool (`pread`), so
- * the copier's next reads proceed on the second core while the current block is scanned and
- * written. How writes go depends on `-unbuffered` (measured on ext4 over a virtio disk, timed
- * until the data is durable; see BENCHMARKS.md):
+ * position, so calls may overlap freely. Buffered reads of what is in memory (the page cache's
+ * pages, `preadv2` with `RWF_NOWAIT`, or anything on tmpfs) are done in place on the copier's
+ * thread: a trip through Deno's thread pool costs that thread more than the copy. Other reads
+ * run on the pool (`pread`), so the copier's next reads proceed on the second core while the
+ * current block is scanned and written. (Mapping the source instead, to save that copy, cost
+ * 2-4 times the CPU: BENCHMARKS.md, "Where the CPU goes".) How writes go depends on
+ * `-unbuffered` (measured on ext4 over a virtio disk, timed until the data is durable; see
+ * BENCHMARKS.md):
  *
  * - unset (the default): on a regular file, buffered `pwrite`s done in place, each 2 MiB of
  *   written range handed to the device at once (`sync_file_range`), at most 32 MiB in flight,
  *   and written ranges dropped from the page cache: as fast as anything measured, and dom0's
- *   page cache is not flooded; on a block device, `O_DIRECT` as with `true`;
+ *   page cache is not flooded (on tmpfs there is no device: plain writes); on a block device,
+ *   `O_DIRECT` as with `true`;
  * - `true`: an extra `O_DIRECT` descriptor serves every aligned read and write (as xapi's own
  *   sparse_dd); unaligned requests take the buffered descriptor;
  * - `false`: plain buffered I/O and one `fdatasync` at the end.
@@ -25,7 +30,7 @@
  * @module
  */
 
-import { type Disk, DiskError, type DiskOp, type DiskView } from "../core/disk.ts";
+import { type Disk, DiskError, type DiskOp } from "../core/disk.ts";
 import { type Extent, ExtentSet } from "../core/extent.ts";
 import {
   EINVAL,
@@ -48,7 +53,6 @@ import {
   SYNC_FILE_RANGE_WAIT_BEFORE,
   SYNC_FILE_RANGE_WRITE,
 } from "./libc.ts";
-import { MappedFile } from "./mapping.ts";
 import { errorText } from "../core/error_text.ts";
 
 /** How to open a {@linkcode FileDisk}. */
@@ -85,14 +89,14 @@ function reasonOf(err: unknown): string {
 interface Backend {
   /** Some requests bypass the page cache (and wait for the device). */
   readonly direct: boolean;
+  /** How many reads are worth keeping in flight (see {@linkcode FileDisk.readQueueDepth}). */
+  readonly readQueueDepth?: number;
   /** How many writes are worth keeping in flight. */
   readonly queueDepth: number;
   size(): Promise<number>;
   truncate(size: number): Promise<void>;
   read(offset: number, buf: Uint8Array): Promise<void>;
   write(offset: number, buf: Uint8Array): Promise<void>;
-  /** Absent when bytes cannot be lent without copying. */
-  view?(offset: number, length: number, until?: number): Promise<DiskView | undefined>;
   /** Absent when there is no cheaper way than writing zeroes. */
   zero?(offset: number, length: number): Promise<void>;
   extents?(size: number): Extent[] | undefined;
@@ -225,6 +229,10 @@ class FdBackend implements Backend {
   /** Sector size of a block device, for BLKZEROOUT's alignment. */
   readonly #sector: number;
   #punch = true;
+  /** Cached bytes are read in place (`RWF_NOWAIT`) until the kernel says it cannot. */
+  #cachedReads = true;
+  /** The latest read was served from memory on this thread. */
+  #readInPlace = false;
 
   constructor(
     readonly c: Libc,
@@ -235,8 +243,6 @@ class FdBackend implements Backend {
     readonly isBlock: boolean,
     /** Buffered writes are pushed to the device as they go (see {@linkcode Writeback}). */
     readonly writeback: Writeback | undefined,
-    /** Lends pages by mapping them (a regular file read through the page cache). */
-    readonly mapped: MappedFile | undefined,
     /**
      * A writable disk's second descriptor, opened before anything is written, that only flushes.
      * The kernel reports a writeback error once to each open descriptor: whatever the others
@@ -244,19 +250,19 @@ class FdBackend implements Backend {
      * it at the end, with its reason, through Deno's own `fdatasync`.
      */
     readonly witness: Deno.FsFile | undefined,
+    /** The file lives in memory (tmpfs): reads never wait for a device. */
+    readonly inMemory = false,
   ) {
     this.#sector = isBlock ? safe(() => c.blkSectorSize(fd), 512) : 512;
-    if (mapped) this.view = (offset, length, until) => mapped.view(offset, length, until);
   }
-
-  readonly view?: (
-    offset: number,
-    length: number,
-    until?: number,
-  ) => Promise<DiskView | undefined>;
 
   get direct(): boolean {
     return this.directFd !== undefined;
+  }
+
+  /** Reads worth keeping in flight: one while they are served from memory here, else four. */
+  get readQueueDepth(): number {
+    return this.inMemory || this.#readInPlace ? 1 : 4;
   }
 
   /** Writes worth keeping in flight: several O_DIRECT ones (each waits for the device). */
@@ -283,8 +289,36 @@ class FdBackend implements Backend {
     return d;
   }
 
+  /**
+   * Reads what can be read without waiting for a device into `buf`, on this thread: all of it
+   * from a memory file system, else what the page cache holds (`RWF_NOWAIT`). Returns the bytes
+   * read (0 at end of file).
+   */
+  #readHere(buf: Uint8Array, offset: number): number {
+    let done = 0;
+    while (done < buf.length) {
+      let n: number | undefined;
+      if (this.inMemory) {
+        n = this.c.preadSync(this.fd, buf.subarray(done), offset + done);
+      } else if (this.#cachedReads) {
+        n = this.c.preadCached(this.fd, buf.subarray(done), offset + done);
+        if (n === undefined) this.#cachedReads = false;
+      }
+      if (!n) break;
+      done += n;
+    }
+    return done;
+  }
+
   async read(offset: number, buf: Uint8Array): Promise<void> {
     const fd = this.#fdFor(offset, buf);
+    // Buffered reads of what is in memory are done here and now: a trip through the thread pool
+    // costs this thread more than the copy itself (BENCHMARKS.md). The rest is read on the pool,
+    // so that a read from the device overlaps the copier's work.
+    const here = fd === this.fd ? this.#readHere(buf, offset) : 0;
+    this.#readInPlace = here === buf.length;
+    if (here === buf.length) return;
+    if (here > 0) return await this.c.preadAll(fd, buf.subarray(here), offset + here);
     try {
       await this.c.preadAll(fd, buf, offset);
     } catch (err) {
@@ -415,7 +449,6 @@ class FdBackend implements Backend {
   }
 
   close(): void {
-    this.mapped?.close();
     let failed: unknown;
     const close = (f: () => void) => {
       try {
@@ -537,20 +570,19 @@ export class FileDisk implements Disk {
    */
   readonly zeroIsCheap: boolean;
   /**
-   * Present on a regular file read through the page cache: its pages are lent by mapping them,
-   * not copied (see {@linkcode Disk.view}).
-   */
-  readonly view?: (
-    offset: number,
-    length: number,
-    until?: number,
-  ) => Promise<DiskView | undefined>;
-  /**
    * Writes the copier keeps in flight: several with `O_DIRECT` (each waits for the device, which
    * serves them in parallel), else one (a buffered write is a copy done in place, and writeback
    * is paced by {@linkcode Writeback}).
    */
   readonly writeQueueDepth: number;
+  /**
+   * Reads the copier keeps in flight ahead of its writes: one while they are served from memory
+   * on its thread (tmpfs, or the page cache), where a read ahead only holds one more buffer;
+   * four when they wait for the device.
+   */
+  get readQueueDepth(): number {
+    return this.#io.readQueueDepth ?? 4;
+  }
   #closed = false;
   readonly #io: Backend;
 
@@ -573,11 +605,6 @@ export class FileDisk implements Disk {
         });
     }
     this.zeroIsCheap = this.zero !== undefined && (!isBlockDevice || zeroOffloaded);
-    const lend = backend.view?.bind(backend);
-    // A failure to map is not an error: the caller reads instead and reports what that says.
-    if (lend) {
-      this.view = (offset, length, until) => lend(offset, length, until).catch(() => undefined);
-    }
     this.writeQueueDepth = writable ? backend.queueDepth : 1;
     this.#writable = writable;
   }
@@ -786,14 +813,11 @@ function openBackend(
   // Unset -unbuffered: buffered writes that are pushed out as they go. Measured on ext4: 30%
   // faster to durable than O_DIRECT (whose writes into holes serialise on the inode lock) and
   // 3-4x faster than writing everything and then one fdatasync.
-  const writeback = write && unbuffered === undefined && directFd === undefined
+  const inMemory = !isBlock && c.inMemory(fd);
+  const writeback = write && unbuffered === undefined && directFd === undefined && !inMemory
     ? new Writeback(c, fd)
     : undefined;
   // 4096 satisfies every logical block size in use (512 and 4096).
-  // A regular file read through the page cache lends its pages instead of copying them.
-  const mapped = !write && !isBlock && directFd === undefined
-    ? new MappedFile(c, fd, c.size(fd))
-    : undefined;
   let witness: Deno.FsFile | undefined;
   if (write) {
     try {
@@ -804,7 +828,7 @@ function openBackend(
       witness = undefined;
     }
   }
-  return new FdBackend(c, fd, directFd, 4096, isBlock, writeback, mapped, witness);
+  return new FdBackend(c, fd, directFd, 4096, isBlock, writeback, witness, inMemory);
 }
 
 /** Walks SEEK_DATA/SEEK_HOLE on an open descriptor; `undefined` where unsupported. */

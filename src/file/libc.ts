@@ -68,27 +68,8 @@ export const POSIX_FADV_SEQUENTIAL = 2;
 /** `posix_fadvise` advice: the range will not be needed again (drop it from the cache). */
 export const POSIX_FADV_DONTNEED = 4;
 
-/** `mmap` protection: pages may be read. */
-export const PROT_READ = 1;
-/** `mmap` flag: share the file's pages (the page cache itself, no copy). */
-export const MAP_SHARED = 1;
-/** `madvise` advice: drop the range's pages from this mapping (the page cache keeps them). */
-export const MADV_DONTNEED = 4;
-/** `madvise` advice: fault the pages in now; failure is an error return, never SIGBUS. */
-export const MADV_POPULATE_READ = 22;
-
-/** `fcntl` command: set the signal sent when the file is ready (for leases: being broken). */
-export const F_SETSIG = 10;
-/** `fcntl` command: take or give up a lease on an open file. */
-export const F_SETLEASE = 1024;
-/** `fcntl` command: the lease held, or, while it is being broken, the type it must become. */
-export const F_GETLEASE = 1025;
-/** Lease type: a read lease (no other process may open the file for writing or truncate it). */
-export const F_RDLCK = 0;
-/** Lease type: none. */
-export const F_UNLCK = 2;
-/** A signal whose default action is to ignore it (for {@linkcode F_SETSIG}). */
-export const SIGURG = 23;
+/** `preadv2` flag: fail with EAGAIN instead of waiting for the device (data not cached). */
+export const RWF_NOWAIT = 8;
 
 /** `sync_file_range` flag: first wait for writeback already under way in the range. */
 export const SYNC_FILE_RANGE_WAIT_BEFORE = 1;
@@ -106,6 +87,11 @@ export const BLKZEROOUT = 0x127f;
 /** ioctl: discard a byte range `{start, length}` (u64[2]) of a block device. */
 export const BLKDISCARD = 0x1277;
 
+/** `statfs` `f_type` of tmpfs. */
+const TMPFS_MAGIC = 0x01021994n;
+/** `statfs` `f_type` of ramfs. */
+const RAMFS_MAGIC = 0x858458f6n;
+
 /** flock(2): exclusive lock. */
 export const LOCK_EX = 2;
 /** flock(2): fail with EWOULDBLOCK instead of waiting. */
@@ -115,6 +101,8 @@ export const LOCK_NB = 4;
 export const EINTR = 4;
 /** errno: no such device or address (`SEEK_DATA` past the last data). */
 export const ENXIO = 6;
+/** errno: try again (`RWF_NOWAIT`: the data is not cached). */
+export const EAGAIN = 11;
 /** errno: invalid argument. */
 export const EINVAL = 22;
 /** errno: not a tty (an ioctl the file does not support). */
@@ -185,6 +173,11 @@ const SYMBOLS = {
     result: "isize",
     nonblocking: true,
   },
+  preadv2: {
+    name: "preadv64v2",
+    parameters: ["i32", "buffer", "i32", "i64", "i32"],
+    result: "isize",
+  },
   pwrite: { name: "pwrite64", parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
   pwriteAsync: {
     name: "pwrite64",
@@ -192,6 +185,7 @@ const SYMBOLS = {
     result: "isize",
     nonblocking: true,
   },
+  fstatfs: { name: "fstatfs64", parameters: ["i32", "buffer"], result: "i32" },
   lseek: { name: "lseek64", parameters: ["i32", "i64", "i32"], result: "i64" },
   ioctl: { parameters: ["i32", "u64", "buffer"], result: "i32" },
   ioctlAsync: {
@@ -223,21 +217,6 @@ const SYMBOLS = {
     parameters: ["i32", "i64", "i64", "i32"],
     result: "i32",
   },
-  mmap: {
-    name: "mmap64",
-    parameters: ["pointer", "usize", "i32", "i32", "i32", "i64"],
-    result: "pointer",
-  },
-  munmap: { parameters: ["pointer", "usize"], result: "i32" },
-  memcmp: { parameters: ["buffer", "buffer", "usize"], result: "i32" },
-  madvise: { parameters: ["pointer", "usize", "i32"], result: "i32" },
-  madviseAsync: {
-    name: "madvise",
-    parameters: ["pointer", "usize", "i32"],
-    result: "i32",
-    nonblocking: true,
-  },
-  fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" },
   __errno_location: { parameters: [], result: "pointer" },
   strerror: { parameters: ["i32"], result: "pointer" },
 } as const satisfies Deno.ForeignLibraryInterface;
@@ -245,8 +224,6 @@ const SYMBOLS = {
 type Symbols = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
 
 const encoder = new TextEncoder();
-/** Bytes compared per `memcmp` call by {@linkcode Libc.isZero}. */
-const ZERO_COMPARE = 65536;
 
 /**
  * The libc calls, bound to one `dlopen` handle. Obtain it with {@linkcode libc}.
@@ -270,6 +247,8 @@ export class Libc {
   readonly #s: Symbols;
   readonly #range = new BigUint64Array(2);
   readonly #u64 = new BigUint64Array(1);
+  /** One `struct iovec`: base address, length. */
+  readonly #iov = new BigUint64Array(2);
 
   /** @internal Use {@linkcode libc}. */
   constructor(symbols: Symbols) {
@@ -329,6 +308,25 @@ export class Libc {
     }
   }
 
+  /**
+   * One `preadv2(2)` with {@linkcode RWF_NOWAIT}, on this thread: the bytes the page cache holds
+   * at `offset` (a short count), 0 when the first of them is not cached (or at end of file), and
+   * `undefined` when the file or kernel cannot tell (then read with {@linkcode Libc.pread}).
+   * Reading cached data in place costs less than a trip through the thread pool.
+   */
+  preadCached(fd: number, buf: Uint8Array, offset: number): number | undefined {
+    const iov = this.#iov;
+    iov[0] = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buf)));
+    iov[1] = BigInt(buf.length);
+    for (;;) {
+      const n = this.#s.preadv2(fd, iov, 1, BigInt(offset), RWF_NOWAIT);
+      if (n >= 0) return Number(n);
+      const e = this.errno();
+      if (e === EAGAIN) return 0;
+      if (e !== EINTR) return undefined;
+    }
+  }
+
   /** One synchronous `pwrite(2)`; returns the byte count. */
   pwriteSync(fd: number, buf: Uint8Array, offset: number): number {
     for (;;) {
@@ -371,6 +369,17 @@ export class Libc {
     while (done < buf.length) {
       done += await this.pwrite(fd, buf.subarray(done), offset + done);
     }
+  }
+
+  /**
+   * True when `fd`'s file system keeps files in memory (tmpfs, ramfs: `fstatfs`'s `f_type`): a
+   * read never waits for a device, and there is no writeback to pace.
+   */
+  inMemory(fd: number): boolean {
+    // struct statfs64 starts with f_type (a long) on x86_64 and aarch64; 120 bytes in all.
+    const st = new BigInt64Array(16);
+    if (this.#s.fstatfs(fd, st) !== 0) return false;
+    return st[0] === TMPFS_MAGIC || st[0] === RAMFS_MAGIC;
   }
 
   /** `lseek(2)`; returns the new offset. */
@@ -504,86 +513,6 @@ export class Libc {
       this.#fail("sync_file_range");
     }
     throw lostReason("sync_file_range");
-  }
-
-  /**
-   * Maps `length` bytes of `fd` at `offset` (a multiple of the page size) read-only and shared:
-   * the page cache's own pages, not a copy. `null` when the file cannot be mapped. Nothing is
-   * read yet: {@linkcode Libc.populate} a range before touching it. Release with
-   * {@linkcode Libc.munmap}.
-   */
-  mmap(fd: number, offset: number, length: number): Deno.PointerObject | null {
-    const p = this.#s.mmap(null, BigInt(length), PROT_READ, MAP_SHARED, fd, BigInt(offset));
-    // MAP_FAILED is (void *)-1.
-    if (p === null || Deno.UnsafePointer.value(p) === 0xffffffffffffffffn) return null;
-    return p;
-  }
-
-  /**
-   * Faults in `length` bytes of a mapping at `p` (page aligned) on another thread
-   * (`MADV_POPULATE_READ`): false when that fails, e.g. on an I/O error or past the end of the
-   * file. Touching pages that failed would raise SIGBUS; after this succeeds they are present.
-   */
-  async populate(p: Deno.PointerObject, length: number): Promise<boolean> {
-    return await this.#s.madviseAsync(p, BigInt(length), MADV_POPULATE_READ) === 0;
-  }
-
-  #zeroes?: Uint8Array;
-  readonly #lengths = new Map<number, bigint>();
-
-  /**
-   * True when `buf[start, end)` is all zero, by libc's `memcmp` against zeroes: for memory the
-   * WebAssembly scanner cannot reach (mapped pages), several times faster than a JavaScript loop.
-   */
-  isZero(buf: Uint8Array, start = 0, end: number = buf.length): boolean {
-    const z = this.#zeroes ??= new Uint8Array(ZERO_COMPARE);
-    for (let at = start; at < end; at += z.length) {
-      const n = Math.min(z.length, end - at);
-      if (this.#s.memcmp(buf.subarray(at, at + n), z, this.#length(n)) !== 0) return false;
-    }
-    return true;
-  }
-
-  /** `n` as a bigint, kept: called per quantum, a few lengths recur (no allocation each time). */
-  #length(n: number): bigint {
-    let b = this.#lengths.get(n);
-    if (b === undefined) {
-      b = BigInt(n);
-      if (this.#lengths.size < 64) this.#lengths.set(n, b);
-    }
-    return b;
-  }
-
-  /** Unmaps a mapping's pages without unmapping the range (`MADV_DONTNEED`); advice only. */
-  unmapPages(p: Deno.PointerObject, length: number): void {
-    this.#s.madvise(p, BigInt(length), MADV_DONTNEED);
-  }
-
-  /** `munmap(2)`; failures (only for invalid arguments) are ignored. */
-  munmap(p: Deno.PointerObject, length: number): void {
-    this.#s.munmap(p, BigInt(length));
-  }
-
-  /**
-   * Takes a read lease on `fd` (open read only): until it is given up, another process that
-   * opens the file for writing or truncates it waits (up to `/proc/sys/fs/lease-break-time`
-   * seconds), so pages mapped from it cannot vanish meanwhile. The break is signalled with
-   * SIGURG, which is ignored: {@linkcode Libc.leaseBroken} tells. False when no lease can be
-   * had (the file is open for writing elsewhere, not ours, or on a file system without leases).
-   */
-  takeReadLease(fd: number): boolean {
-    if (this.#s.fcntl(fd, F_SETSIG, SIGURG) !== 0) return false;
-    return this.#s.fcntl(fd, F_SETLEASE, F_RDLCK) === 0;
-  }
-
-  /** True once the read lease on `fd` is being broken (or is gone): give it up soon. */
-  leaseBroken(fd: number): boolean {
-    return this.#s.fcntl(fd, F_GETLEASE, 0) !== F_RDLCK;
-  }
-
-  /** Gives up the lease on `fd`: a process waiting to write or truncate the file goes on. */
-  releaseLease(fd: number): void {
-    this.#s.fcntl(fd, F_SETLEASE, F_UNLCK);
   }
 
   /** `posix_fadvise(2)`; advice only, so failures are ignored. `length` 0 means to the end. */

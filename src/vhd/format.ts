@@ -10,7 +10,7 @@
  * @module
  */
 
-import { posix } from "node:path";
+import { basename, dirname, join, normalize } from "../core/path.ts";
 import { DiskError } from "../core/disk.ts";
 
 /** Bytes per VHD sector; bitmaps, BAT entries and locator spaces count in these. */
@@ -799,27 +799,27 @@ export function parentCandidates(
   parentName: string,
   searchDirs: readonly string[] = [],
 ): string[] {
-  const dir = posix.dirname(childPath);
+  const dir = dirname(childPath);
   const out: string[] = [];
   const add = (p: string) => {
-    const n = posix.normalize(p);
+    const n = normalize(p);
     if (!out.includes(n)) out.push(n);
   };
   const names: string[] = [];
   const addName = (p: string) => {
-    const base = posix.basename(p.replaceAll("\\", "/"));
+    const base = basename(p.replaceAll("\\", "/"));
     if (base.length > 0 && base !== "." && base !== ".." && !names.includes(base)) {
       names.push(base);
     }
   };
   for (const p of locatorPaths) {
     if (p.startsWith("/")) addName(p);
-    else add(posix.join(dir, p));
+    else add(join(dir, p));
   }
   addName(parentName);
-  for (const n of names) add(posix.join(dir, n));
+  for (const n of names) add(join(dir, n));
   for (const p of locatorPaths) if (p.startsWith("/")) add(p);
-  for (const d of searchDirs) for (const n of names) add(posix.join(d, n));
+  for (const d of searchDirs) for (const n of names) add(join(d, n));
   return out;
 }
 

@@ -10,6 +10,7 @@ import {
   runSteps,
   type StepCounts,
 } from "../../src/copy/copier.ts";
+import { DEFAULT_QUANTUM } from "../../src/copy/quantum.ts";
 import { type Plan, planCopy, planWork } from "../../src/copy/plan.ts";
 import { type Disk, DiskError, MemoryDisk } from "../../src/core/disk.ts";
 import { type Extent, ExtentSet } from "../../src/core/extent.ts";
@@ -137,11 +138,12 @@ Deno.test("a prezeroed destination receives only whole quanta that hold data", a
   const size = 1 << 20;
   const data = new Uint8Array(size);
   data[100] = 1; // quantum 0
-  data[5 * 16384 + 7] = 2; // quantum 5
+  const q = DEFAULT_QUANTUM;
+  data[5 * q + 7] = 2; // quantum 5
   const dst = new Recording(new MemoryDisk(size));
   const stats = await copy(MemoryDisk.from(data), dst, { size, prezeroed: true });
-  deepStrictEqual(dst.touched, [{ start: 0, length: 16384 }, { start: 5 * 16384, length: 16384 }]);
-  strictEqual(stats.skippedBytes, size - 2 * 16384);
+  deepStrictEqual(dst.touched, [{ start: 0, length: q }, { start: 5 * q, length: q }]);
+  strictEqual(stats.skippedBytes, size - 2 * q);
 });
 
 Deno.test("nothing is written outside [0, size) of a larger destination", async () => {
@@ -571,56 +573,4 @@ Deno.test("an aborted copy stops every lane", async () => {
     (e) => e instanceof CopyAborted,
   );
   ok(dst.counters.bytesWritten < 16 * 4096, "not all the data was written");
-});
-
-/**
- * A source lending its bytes as a mapped file does: `lent` is what a view shows (it may differ
- * from what `read` returns once "the file changed"), with the lender's `stale` and `revoked`.
- */
-class LendingDisk extends MemoryDisk {
-  released = 0;
-  constructor(
-    data: Uint8Array,
-    readonly lent: Uint8Array,
-    readonly flags: { stale?: string; revoked?: boolean },
-  ) {
-    super(data, { name: "lender" });
-  }
-  view(offset: number, length: number) {
-    return Promise.resolve({
-      bytes: this.lent.subarray(offset, offset + length),
-      release: () => void this.released++,
-      stale: () => this.flags.stale,
-      revoked: () => this.flags.revoked === true,
-    });
-  }
-}
-
-Deno.test("lent bytes the lender takes back are not used: the range is read instead", async () => {
-  const data = new Uint8Array(1 << 20).fill(7);
-  // What the view shows must never reach the destination.
-  const src = new LendingDisk(data, new Uint8Array(1 << 20).fill(0xee), { revoked: true });
-  const dst = new MemoryDisk(1 << 20);
-  await copy(src, dst, { size: 1 << 20, prezeroed: false, chunkSize: 65536 });
-  ok(dst.data.every((b) => b === 7), "the destination holds what was read");
-  strictEqual(src.released, 16, "every view given back");
-});
-
-Deno.test("a write that fails because lent bytes vanished is the source's error at its offset", async () => {
-  const data = new Uint8Array(1 << 20).fill(7);
-  const src = new LendingDisk(data, data, { stale: "the file was cut to 4096 bytes" });
-  const dst = new MemoryDisk(1 << 20, { name: "dest" });
-  dst.write = (offset) => Promise.reject(new DiskError("dest", "write", offset, "Bad address"));
-  await rejects(
-    copy(src, dst, { size: 1 << 20, prezeroed: false, chunkSize: 65536 }),
-    (e) =>
-      e instanceof DiskError && e.role === "source" && e.disk === "lender" && e.op === "read" &&
-      e.offset === 0 && /cut to 4096 bytes/.test(e.message),
-  );
-  // Without the lender saying so, it stays the destination's.
-  src.flags.stale = undefined;
-  await rejects(
-    copy(src, dst, { size: 1 << 20, prezeroed: false, chunkSize: 65536 }),
-    (e) => e instanceof DiskError && e.disk === "dest" && e.role === "destination",
-  );
 });

@@ -1,6 +1,14 @@
-import { match, ok, strictEqual } from "node:assert/strict";
+import { match, ok, rejects, strictEqual } from "node:assert/strict";
+import { copy } from "../../src/copy/copier.ts";
+import { DiskError, MemoryDisk } from "../../src/core/disk.ts";
 import { FileDisk, seekDataExtents, Writeback } from "../../src/file/file_disk.ts";
-import { type Libc, SYNC_FILE_RANGE_WRITE } from "../../src/file/libc.ts";
+import {
+  type Libc,
+  libc,
+  O_RDONLY,
+  POSIX_FADV_DONTNEED,
+  SYNC_FILE_RANGE_WRITE,
+} from "../../src/file/libc.ts";
 import { ExitCode } from "../../src/core/errors.ts";
 import {
   allocatedBytes,
@@ -14,8 +22,11 @@ import {
 import { Prng } from "../_support/prng.ts";
 import { Buffer } from "node:buffer";
 import { scanBuffer } from "../../src/copy/zeroscan.ts";
+import { DEFAULT_QUANTUM } from "../../src/copy/quantum.ts";
 
 const MiB = 1024 * 1024;
+/** The default zero-scan quantum. */
+const Q = DEFAULT_QUANTUM;
 const GiB = 1024 * MiB;
 const NO_CONFIG = ["-config", "/nonexistent/sparse_dd.conf"];
 /** st_blocks also counts the filesystem's extent-tree blocks: allow 1 MiB of them per GiB. */
@@ -69,7 +80,7 @@ Deno.test("a 1 GiB sparse file copies identically to a fresh file no more alloca
     await writeAt(src, writes);
     const quanta = new Set<number>();
     for (const [at, data] of writes) {
-      for (let q = Math.floor(at / 16384); q * 16384 < at + data.length; q++) quanta.add(q);
+      for (let q = Math.floor(at / Q); q * Q < at + data.length; q++) quanta.add(q);
     }
     const res = await runMain(["-src", src, "-dest", `${dir}/copy.raw`, "--json", ...NO_CONFIG]);
     strictEqual(res.code, 0, res.stderr);
@@ -78,7 +89,7 @@ Deno.test("a 1 GiB sparse file copies identically to a fresh file no more alloca
     ok(s.bytesRead <= (await allocatedBytes(src)), `read ${s.bytesRead}`);
     const dstAlloc = await allocatedBytes(`${dir}/copy.raw`);
     ok(
-      dstAlloc <= quanta.size * 16384 + METADATA_SLACK,
+      dstAlloc <= quanta.size * Q + METADATA_SLACK,
       `destination allocates ${dstAlloc} > ${quanta.size} non-zero quanta`,
     );
   });
@@ -97,7 +108,7 @@ Deno.test("a 1 GiB dense file with zero runs becomes a sparse copy holding only 
       for (let q = 0; q < block.length; q += 65536) {
         if (r.chance(0.2)) {
           block.fill(1 + r.int(255), q, q + 65536);
-          nonZeroQuanta += 65536 / 16384;
+          nonZeroQuanta += 65536 / Q;
         }
       }
       await f.write(block);
@@ -108,11 +119,11 @@ Deno.test("a 1 GiB dense file with zero runs becomes a sparse copy holding only 
     strictEqual(res.code, 0, res.stderr);
     ok(await sameBytes(src, `${dir}/copy.raw`), "cmp");
     const s = json(res);
-    strictEqual(s.dataBytes, nonZeroQuanta * 16384);
+    strictEqual(s.dataBytes, nonZeroQuanta * Q);
     const dstAlloc = await allocatedBytes(`${dir}/copy.raw`);
     ok(
-      dstAlloc <= nonZeroQuanta * 16384 + METADATA_SLACK,
-      `destination allocates ${dstAlloc} > ${nonZeroQuanta * 16384}`,
+      dstAlloc <= nonZeroQuanta * Q + METADATA_SLACK,
+      `destination allocates ${dstAlloc} > ${nonZeroQuanta * Q}`,
     );
   });
 });
@@ -160,7 +171,7 @@ Deno.test("a prezeroed loop device destination gets only the data", async () => 
       withLoop(`${dir}/b.img`, async (b) => {
         const res = await runMain(["-src", a, "-dest", b, "-prezeroed", "--json", ...NO_CONFIG]);
         strictEqual(res.code, 0, res.stderr);
-        strictEqual(json(res).dataBytes, 2 * 16384);
+        strictEqual(json(res).dataBytes, Math.ceil(20000 / Q) * Q);
       }));
     ok(await sameBytes(`${dir}/a.img`, `${dir}/b.img`));
   });
@@ -558,5 +569,67 @@ Deno.test("a failed flush of an unaligned tail written through the page cache is
       strictEqual(res.code, ExitCode.Destination, res.stderr);
       match(res.stderr.trim(), new RegExp(`^sparse_dd: cannot flush ${dev}: Input/output error`));
     });
+  });
+});
+
+/** Runs `fn` in a new directory on disk (the test's temporary directory) and one on tmpfs. */
+async function onDiskAndInMemory(fn: (dir: string) => Promise<void>): Promise<void> {
+  await withTempDir(fn);
+  const dir = await Deno.makeTempDir({ dir: "/dev/shm", prefix: "sparse_dd_test_" });
+  try {
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}
+
+Deno.test("a source cut short during a copy is reported as a read error at its offset", async () => {
+  await onDiskAndInMemory(async (dir) => {
+    const p = `${dir}/src`;
+    await Deno.writeFile(p, new Uint8Array(8 * MiB).fill(3));
+    const src = await FileDisk.open(p);
+    await Deno.truncate(p, 3 * MiB);
+    try {
+      await rejects(
+        copy(src, new MemoryDisk(8 * MiB), { size: 8 * MiB, prezeroed: true }),
+        (e) =>
+          e instanceof DiskError && e.op === "read" && e.role === "source" &&
+          e.offset !== undefined && e.offset >= 2 * MiB && e.offset <= 3 * MiB &&
+          e.message.includes(p),
+      );
+    } finally {
+      await src.close();
+    }
+  });
+});
+
+Deno.test("a source partly in the page cache reads whole: cached bytes in place, the rest from the disk", async () => {
+  await onDiskAndInMemory(async (dir) => {
+    const c = libc()!;
+    const r = new Prng(18);
+    for (let round = 0; round < 4; round++) {
+      const p = `${dir}/src${round}`;
+      const data = r.fill(new Uint8Array(8 * MiB));
+      await Deno.writeFile(p, data);
+      // Drop random pieces from the page cache (clean pages go; tmpfs keeps them all).
+      const fd = c.open(p, O_RDONLY);
+      await c.fdatasync(fd);
+      for (let i = 0; i < 16; i++) {
+        c.fadvise(fd, r.int(8 * MiB), r.int(MiB), POSIX_FADV_DONTNEED);
+      }
+      c.close(fd);
+      const src = await FileDisk.open(p);
+      try {
+        const buf = scanBuffer(8 * MiB);
+        for (let at = 0; at < 8 * MiB;) {
+          const n = Math.min(8 * MiB - at, 1 + r.int(3 * MiB));
+          await src.read(at, buf.subarray(at, at + n));
+          at += n;
+        }
+        ok(Buffer.from(buf).equals(Buffer.from(data)), `round ${round}`);
+      } finally {
+        await src.close();
+      }
+    }
   });
 });
