@@ -170,6 +170,18 @@ function notADisk(info: Deno.FileInfo): string | undefined {
   return undefined;
 }
 
+/** `/dev/null`'s device number (1:3): the one character device that is a disk, an empty one. */
+const DEV_NULL_RDEV = (1 << 8) | 3;
+
+/**
+ * Why a source has no size to copy (a character device other than `/dev/null`: `/dev/zero`, a
+ * tty), or undefined. Copying "its size" would silently copy nothing.
+ */
+function sizeless(info: Deno.FileInfo): string | undefined {
+  if (!info.isCharDevice || info.rdev === DEV_NULL_RDEV) return undefined;
+  return "is a character device, which has no size to copy: give a regular file or block device";
+}
+
 /** The file a loop device reads and writes, from sysfs; undefined for other devices. */
 async function loopBackingFile(rdev: number, sysfsRoot: string): Promise<string | undefined> {
   const r = BigInt(rdev);
@@ -233,7 +245,7 @@ export async function resolveEndpoint(
       role,
     );
   }
-  const refusal = notADisk(info);
+  const refusal = notADisk(info) ?? (role === "source" ? sizeless(info) : undefined);
   if (refusal !== undefined) {
     throw roleError(new DiskError(spec, "open", undefined, refusal), role);
   }

@@ -217,6 +217,19 @@ Deno.test("FIFOs as -src, -base, -config or -stats-file are refused at once, nev
   });
 });
 
+Deno.test("a character device with no size (/dev/zero, /dev/urandom) is refused as -src; /dev/null is empty", async () => {
+  await withTempDir(async (dir) => {
+    for (const dev of ["/dev/zero", "/dev/urandom"]) {
+      const r = await runMain(["-src", dev, "-dest", `${dir}/d`, "-size", "1M", ...NO_CONFIG]);
+      strictEqual(r.code, 3, `${dev}: ${r.stderr}`);
+      match(r.stderr, new RegExp(`^sparse_dd: cannot open ${dev}: is a character device`));
+      ok(!(await Deno.stat(`${dir}/d`).catch(() => undefined)), "nothing was created");
+    }
+    const empty = await runMain(["-src", "/dev/null", "-dest", `${dir}/d`, ...NO_CONFIG]);
+    strictEqual(empty.code, 0, empty.stderr);
+  });
+});
+
 Deno.test("resolving: format by name only, kinds, and the checks as a library", async () => {
   await withTempDir(async (dir) => {
     strictEqual(formatByName("/x/disk.vhd", "auto"), "vhd");
