@@ -11,19 +11,19 @@
  */
 
 import { main } from "./src/cli/main.ts";
-import { LANE_WORKER_NAME, serveLane } from "./src/copy/threads.ts";
+import { serveThread, THREAD_WORKER_NAME } from "./src/copy/threads.ts";
 import { isPluginInvocation, pluginMain } from "./plugin/main.ts";
 
 if (
-  (globalThis as { name?: string }).name === LANE_WORKER_NAME && "WorkerGlobalScope" in globalThis
+  (globalThis as { name?: string }).name === THREAD_WORKER_NAME && "WorkerGlobalScope" in globalThis
 ) {
   // A copy thread started by this program (src/copy/threads.ts).
-  serveLane();
+  serveThread();
 } else if (import.meta.main) {
   // `sparse_dd --xapi-plugin <methodCall>`: the XAPI host plugin (see plugin/main.ts).
   Deno.exit(
     isPluginInvocation(Deno.args)
       ? await pluginMain(Deno.args)
-      : await main(Deno.args, { laneWorker: import.meta.url }),
+      : await main(Deno.args, { threadWorker: import.meta.url }),
   );
 }

@@ -31,7 +31,7 @@ const MAX_THREADS = 16;
  */
 export const DEVICE_THREADS = Math.max(1, Math.min(2, navigator.hardwareConcurrency ?? 1));
 /** Bytes a copy thread claims at a time. */
-export const LANE_SEGMENT = 32 * 1024 * 1024;
+export const THREAD_SEGMENT = 32 * 1024 * 1024;
 
 type Kind = "string" | "boolean";
 interface FlagSpec {

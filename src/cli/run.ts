@@ -17,11 +17,11 @@ import {
   resolveEndpoint,
 } from "../endpoint/endpoint.ts";
 import { openDestination, type OpenedSource, openSource } from "../endpoint/open.ts";
-import { type LaneGroup, startLanes } from "../copy/threads.ts";
+import { startThreads, type ThreadGroup } from "../copy/threads.ts";
 import { FileDisk } from "../file/file_disk.ts";
 import { isNbdUri } from "../nbd/protocol.ts";
 import { HumanProgress, MachineProgress, NoProgress, type ProgressReporter } from "./progress.ts";
-import { DEVICE_THREADS, LANE_SEGMENT, type Options } from "./flags.ts";
+import { DEVICE_THREADS, type Options, THREAD_SEGMENT } from "./flags.ts";
 import { note, type Report, successReport } from "./output.ts";
 import { isRemoteUrl, redactSecrets } from "../http/url.ts";
 import { remoteOpenOptions } from "./remote_flags.ts";
@@ -62,7 +62,7 @@ async function applyPriorities(o: Options): Promise<void> {
 export interface Entry {
   /** The module a copy thread runs (main.ts, or the bundle or binary made of it); without it,
    * copies run in the calling thread alone. */
-  laneWorker?: string | URL;
+  threadWorker?: string | URL;
 }
 
 /** Runs one copy as the options say; returns the report. Throws on failure. */
@@ -111,7 +111,7 @@ export async function runCopy(
   await checkOperands();
   let src: OpenedSource | undefined;
   let dst: Disk | undefined;
-  let lanes: LaneGroup | undefined;
+  let group: ThreadGroup | undefined;
   let reporter: ProgressReporter | undefined;
   try {
     src = await openSource(srcEnd, openOpts).catch((err) => {
@@ -174,11 +174,11 @@ export async function runCopy(
     // shared (an NBD server may not take more connections).
     const threads = o.threads ?? (destEnd.kind === "block" ? DEVICE_THREADS : 1);
     const local = (e: Endpoint) => e.kind !== "nbd" && e.kind !== "http";
-    if (entry.laneWorker && threads > 1 && local(srcEnd) && local(destEnd)) {
-      lanes = startLanes({
-        worker: entry.laneWorker,
+    if (entry.threadWorker && threads > 1 && local(srcEnd) && local(destEnd)) {
+      group = startThreads({
+        worker: entry.threadWorker,
         count: threads - 1,
-        segment: LANE_SEGMENT,
+        segment: THREAD_SEGMENT,
         job: { src: srcEnd, dest: destEnd, open: openOpts, copy: { quantum: o.quantum } },
       });
     }
@@ -207,7 +207,7 @@ export async function runCopy(
       holdsBase,
       quantum: o.quantum,
       signal,
-      lanes,
+      threads: group,
       onProgress: (done, total) => reporter?.update(done, total),
     });
     if (src.disk instanceof FileDisk) {
@@ -243,7 +243,7 @@ export async function runCopy(
     return report;
   } finally {
     reporter?.close?.();
-    lanes?.close();
+    group?.close();
     await src?.disk.close().catch(() => {});
     await dst?.close().catch(() => {});
   }

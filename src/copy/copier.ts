@@ -36,37 +36,37 @@ export interface CopyOptions {
   onProgress?: (done: number, total: number) => void;
   /** Stops the copy between steps (an `AbortSignal`, or anything that reads like one). */
   signal?: Pick<AbortSignal, "aborted" | "reason">;
-  /** Other threads that share the copy (see lane.ts); used when there is enough to share. */
-  lanes?: Lanes;
+  /** Other threads that share the copy (see threads.ts); used when there is enough to share. */
+  threads?: CopyThreads;
 }
 
 /**
  * Threads that copy parts of the same plan alongside the caller's. The work is cut into
- * segments of `segment` bytes, claimed in order from a shared counter by whichever lane is free,
- * so a lane that starts late or runs slow simply takes fewer. The copier knows nothing of how
- * the lanes run or open their disks: lane.ts does (Workers, each opening the disks by name).
+ * segments of `segment` bytes, claimed in order from a shared counter by whichever thread is free,
+ * so a thread that starts late or runs slow simply takes fewer. The copier knows nothing of how
+ * the threads run or open their disks: threads.ts does (Workers, each opening the disks by name).
  */
-export interface Lanes {
+export interface CopyThreads {
   /** Bytes per segment. */
   readonly segment: number;
   /** Bytes of work the calling thread does before it starts the others (default 0). */
   readonly startAfter?: number;
   /** Claims the next segment's index for the calling thread; `undefined` when none are left or
-   * the lanes were stopped. */
+   * the threads were stopped. */
   claim(): number | undefined;
-  /** Gets the other lanes ready to run a copy of `size` bytes (optional): the caller is about
+  /** Gets the other threads ready to run a copy of `size` bytes (optional): the caller is about
    * to wait a while. */
   prepare?(size: number): void;
-  /** Starts the other lanes on `run`; resolves with what they did once all have finished, or
-   * rejects with the first lane's error once all have stopped. Called at most once. */
+  /** Starts the other threads on `run`; resolves with what they did once all have finished, or
+   * rejects with the first thread's error once all have stopped. Called at most once. */
   run(run: Plan): Promise<StepCounts>;
-  /** Work the other lanes have finished so far, in bytes (for progress). */
+  /** Work the other threads have finished so far, in bytes (for progress). */
   progress(): number;
-  /** How many other lanes have started copying. */
+  /** How many other threads have started copying. */
   started(): number;
-  /** Makes every lane stop claiming (between steps). */
+  /** Makes every thread stop claiming (between steps). */
   stop(): void;
-  /** The caller's lane found no segment left: lanes that have not started yet need not. */
+  /** The caller's thread found no segment left: threads that have not started yet need not. */
   drain(): void;
 }
 
@@ -95,7 +95,7 @@ export interface CopyStats {
   skippedBytes: number;
   /** Bytes left alone because the destination already holds them (`-base`). */
   unchangedBytes: number;
-  /** Threads that copied: 1, plus the other lanes that started (`-threads`). */
+  /** Threads that copied: 1, plus the other threads that started (`-threads`). */
   threads: number;
   /** Wall time of the copy in seconds. */
   seconds: number;
@@ -190,8 +190,8 @@ export async function executePlan(
     throughput: 0,
   };
   let done = 0;
-  let lanes: Lanes | undefined;
-  const report = () => options.onProgress?.(done + (lanes?.progress() ?? 0), total);
+  let threads: CopyThreads | undefined;
+  const report = () => options.onProgress?.(done + (threads?.progress() ?? 0), total);
   options.onProgress?.(0, total);
 
   // Overwriting a destination that zeroes cheaply: zero it all at once, then copy as onto a
@@ -203,17 +203,17 @@ export async function executePlan(
     ? { ...plan, scan: true, zero: ExtentSet.empty(), skip: plan.zero.union(plan.skip) }
     : plan;
   // Other threads share the work when there is enough of it to pay for their start, and when
-  // it is the kind of work they speed up (see `worthSharing`). They are started once this lane
+  // it is the kind of work they speed up (see `worthSharing`). They are started once this thread
   // has done `startAfter` bytes of work: starting them may hold this thread a while (a Worker:
   // ~20 ms), and the disk should have that much to write meanwhile.
-  if (options.lanes && planWork(run) >= 2 * options.lanes.segment) lanes = options.lanes;
+  if (options.threads && planWork(run) >= 2 * options.threads.segment) threads = options.threads;
   if (preZeroed) {
     if (options.signal?.aborted) throw new CopyAborted(0, options.signal.reason);
     const zeroing = dst.zero!(0, plan.size);
     zeroing.catch(() => {});
-    // Zeroing a whole disk takes a while (a file system discards every block): the other lanes
+    // Zeroing a whole disk takes a while (a file system discards every block): the other threads
     // get ready meanwhile.
-    lanes?.prepare?.(plan.size);
+    threads?.prepare?.(plan.size);
     try {
       await zeroing;
     } catch (err) {
@@ -225,22 +225,22 @@ export async function executePlan(
   }
 
   let others: Promise<StepCounts> | undefined;
-  const startAfter = done + (lanes?.startAfter ?? 0);
+  const startAfter = done + (threads?.startAfter ?? 0);
   try {
-    const own = await runSteps(src, dst, run, options, lanes, (n, counts) => {
+    const own = await runSteps(src, dst, run, options, threads, (n, counts) => {
       done += n;
-      if (lanes && !others && done >= startAfter && worthSharing(counts)) {
-        others = lanes.run(run);
+      if (threads && !others && done >= startAfter && worthSharing(counts)) {
+        others = threads.run(run);
         others.catch(() => {});
       }
       report();
     });
     addCounts(stats, own);
-    lanes?.drain();
+    threads?.drain();
     if (others) {
-      // The bar keeps moving while the other lanes finish.
+      // The bar keeps moving while the other threads finish.
       const timer = setInterval(() => {
-        if (options.signal?.aborted) lanes?.stop();
+        if (options.signal?.aborted) threads?.stop();
         report();
       }, 200);
       try {
@@ -251,9 +251,9 @@ export async function executePlan(
       report();
     }
   } catch (err) {
-    // One lane failed or was stopped: stop the others between steps and let them settle, so
+    // One thread failed or was stopped: stop the others between steps and let them settle, so
     // nothing is still writing when the caller reports the error and closes the disks.
-    lanes?.stop();
+    threads?.stop();
     await others?.catch(() => {});
     throw err;
   }
@@ -262,7 +262,7 @@ export async function executePlan(
     stats.zeroedBytes += plan.zero.bytes + stats.skippedBytes - plan.skip.bytes;
     stats.skippedBytes = plan.skip.bytes;
   }
-  if (others) stats.threads += lanes?.started() ?? 0;
+  if (others) stats.threads += threads?.started() ?? 0;
   stats.seconds = (performance.now() - started) / 1000;
   stats.throughput = stats.seconds > 0 ? plan.size / stats.seconds : 0;
   return stats;
@@ -280,7 +280,7 @@ function worthSharing(c: Readonly<StepCounts>): boolean {
   return c.skippedBytes >= c.dataBytes;
 }
 
-/** What one lane did: the per-step part of {@linkcode CopyStats}. */
+/** What one thread did: the per-step part of {@linkcode CopyStats}. */
 export type StepCounts = Pick<
   CopyStats,
   | "reads"
@@ -293,7 +293,7 @@ export type StepCounts = Pick<
   | "skippedBytes"
 >;
 
-/** Counts of a lane that did nothing. */
+/** Counts of a thread that did nothing. */
 export function noCounts(): StepCounts {
   return {
     reads: 0,
@@ -320,11 +320,11 @@ export function addCounts(a: StepCounts, b: StepCounts): void {
 }
 
 /**
- * Runs the steps of `run` (all of them, or the segments this thread claims from `lanes`) with
+ * Runs the steps of `run` (all of them, or the segments this thread claims from `threads`) with
  * reads ahead of writes; `onDone` gets each finished step's work in bytes, and the counts so far.
  *
- * A lane in another thread calls this on the plan {@linkcode Lanes.run} handed it, with disks
- * of its own (see lane.ts).
+ * A thread in another thread calls this on the plan {@linkcode CopyThreads.run} handed it, with disks
+ * of its own (see threads.ts).
  */
 export async function runSteps(
   src: Disk,
@@ -332,9 +332,9 @@ export async function runSteps(
   run: Plan,
   options: Omit<
     CopyOptions,
-    "size" | "allocation" | "prezeroed" | "unchanged" | "holdsBase" | "lanes"
+    "size" | "allocation" | "prezeroed" | "unchanged" | "holdsBase" | "threads"
   >,
-  lanes: Pick<Lanes, "segment" | "claim"> | undefined,
+  threads: Pick<CopyThreads, "segment" | "claim"> | undefined,
   onDone: (bytes: number, counts: Readonly<StepCounts>) => void,
 ): Promise<StepCounts> {
   const quantum = options.quantum ?? DEFAULT_QUANTUM;
@@ -370,7 +370,7 @@ export async function runSteps(
       await zeroRange(step.start, step.length);
     } else {
       // One chunk long, whichever step comes first, so that a step makes as many writes in
-      // any lane.
+      // any thread.
       zeroBuffer ??= new Uint8Array(chunk);
       for (let off = step.start; off < step.start + step.length; off += zeroBuffer.length) {
         const n = Math.min(zeroBuffer.length, step.start + step.length - off);
@@ -408,7 +408,7 @@ export async function runSteps(
   // memory to (depth + writeDepth + 1) chunks whatever the disk size.
   let readsQueued = 0;
   const all = planSteps(run, chunk, Math.max(chunk, 64 * MiB));
-  const steps = lanes ? claimedSteps(all, lanes.segment, () => lanes.claim()) : all;
+  const steps = threads ? claimedSteps(all, threads.segment, () => threads.claim()) : all;
   let exhausted = false;
   const refill = () => {
     while (!exhausted && queue.length < depth + 16 && readsQueued < readDepth()) {

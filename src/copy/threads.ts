@@ -1,19 +1,19 @@
 /**
- * Lanes: one copy shared by several threads. When most of what is read is zeroes skipped by the
+ * CopyThreads: one copy shared by several threads. When most of what is read is zeroes skipped by the
  * scan, one thread cannot keep the disk busy (reading, scanning, and the kernel's work for the
- * writes: page-cache copies, block allocation, writeback); more threads can. Each lane is a Deno
- * Worker running this same program (main.ts starts {@linkcode serveLane} in it), which opens the
+ * writes: page-cache copies, block allocation, writeback); more threads can. Each thread is a Deno
+ * Worker running this same program (main.ts starts {@linkcode serveThread} in it), which opens the
  * source and destination by name with disks of its own and runs the copier's steps for the
- * segments it claims (see {@linkcode Lanes}). The plan is made once, by the caller, and sent to every lane.
+ * segments it claims (see {@linkcode CopyThreads}). The plan is made once, by the caller, and sent to every thread.
  *
- * Shared state (a `SharedArrayBuffer`): the next segment to claim, a stop flag, and per lane its
+ * Shared state (a `SharedArrayBuffer`): the next segment to claim, a stop flag, and per thread its
  * state (not started, started, cancelled) and the work it has finished.
  *
  * @example
  * ```ts
- * import { startLanes } from "./threads.ts";
+ * import { startThreads } from "./threads.ts";
  * import { copy } from "./copier.ts";
- * const lanes = startLanes({
+ * const threads = startThreads({
  *   worker: new URL("../../main.ts", import.meta.url),
  *   count: 1,
  *   segment: 32 << 20,
@@ -24,8 +24,8 @@
  *     copy: {},
  *   },
  * });
- * // await copy(src, dst, { ..., lanes }); then:
- * lanes.close();
+ * // await copy(src, dst, { ..., threads }); then:
+ * threads.close();
  * ```
  *
  * @module
@@ -35,7 +35,7 @@ import {
   addCounts,
   CopyAborted,
   type CopyOptions,
-  type Lanes,
+  type CopyThreads,
   noCounts,
   runSteps,
   type StepCounts,
@@ -48,11 +48,11 @@ import { openDestination, type OpenOptions, openSource } from "../endpoint/open.
 import type { Plan } from "./plan.ts";
 import { errorText } from "../core/error_text.ts";
 
-/** The name lane Workers are started with; main.ts serves a lane when it runs under it. */
-export const LANE_WORKER_NAME = "sparse_dd-lane";
+/** The name thread Workers are started with; main.ts serves a thread when it runs under it. */
+export const THREAD_WORKER_NAME = "sparse_dd-thread";
 
-/** What a lane needs to open the disks itself: plain data, sent to each Worker. */
-export interface LaneJob {
+/** What a thread needs to open the disks itself: plain data, sent to each Worker. */
+export interface ThreadJob {
   /** `-src` as resolved (its VHD chain's files included), opened with {@linkcode openSource}. */
   src: Endpoint;
   /** `-dest` as resolved, opened with {@linkcode openDestination} (it exists by now, at its
@@ -64,25 +64,25 @@ export interface LaneJob {
   copy: Pick<CopyOptions, "quantum" | "chunkSize" | "readAhead" | "writeBehind">;
 }
 
-/** Options of {@linkcode startLanes}. */
-export interface LaneStart {
-  /** The module a lane Worker runs: main.ts (or the bundle or binary made of it). */
+/** Options of {@linkcode startThreads}. */
+export interface ThreadStart {
+  /** The module a thread Worker runs: main.ts (or the bundle or binary made of it). */
   worker: string | URL;
-  /** Lanes to start besides the calling thread's. */
+  /** CopyThreads to start besides the calling thread's. */
   count: number;
   /** Bytes per claimed segment. */
   segment: number;
-  /** What each lane opens and how it copies. */
-  job: LaneJob;
+  /** What each thread opens and how it copies. */
+  job: ThreadJob;
 }
 
-/** {@linkcode Lanes} started in Workers; `close` ends the Workers. */
-export interface LaneGroup extends Lanes {
+/** {@linkcode CopyThreads} started in Workers; `close` ends the Workers. */
+export interface ThreadGroup extends CopyThreads {
   /** Terminates the Workers (after `run` has settled, or when it was never called). */
   close(): void;
 }
 
-// The shared words: [NEXT] next segment, [STOP] 1 once stopped, then per lane its state.
+// The shared words: [NEXT] next segment, [STOP] 1 once stopped, then per thread its state.
 const NEXT = 0;
 const STOP = 1;
 const STATE = 2;
@@ -133,7 +133,7 @@ interface ErrorWire {
 }
 
 /**
- * An error thrown in a lane as plain data, for the thread that reports it.
+ * An error thrown in a thread as plain data, for the thread that reports it.
  *
  * @example
  * ```ts
@@ -167,52 +167,52 @@ export function errorFromWire(w: ErrorWire): Error {
   return new Error(w.message);
 }
 
-/** Messages between the caller and a lane: open the disks (ahead of time), and run. */
-type ToLane = { kind: "open"; job: LaneJob; size: number } | LaneRun;
-interface LaneRun {
+/** Messages between the caller and a thread: open the disks (ahead of time), and run. */
+type ToLane = { kind: "open"; job: ThreadJob; size: number } | ThreadRun;
+interface ThreadRun {
   kind: "run";
-  job: LaneJob;
+  job: ThreadJob;
   plan: PlanWire;
   segment: number;
   shared: SharedArrayBuffer;
-  /** This lane's index (0 is the caller's), and how many there are. */
-  lane: number;
-  lanes: number;
+  /** This thread's index (0 is the caller's), and how many there are. */
+  thread: number;
+  threads: number;
 }
 type FromLane =
   | { kind: "done"; counts: StepCounts }
   | { kind: "stopped" }
   | { kind: "error"; error: ErrorWire };
 
-/** Where the per-lane work counts start in the shared state: after the words, 8-aligned. */
-function doneOffset(lanes: number): number {
-  return Math.ceil((STATE + lanes) * 4 / 8) * 8;
+/** Where the per-thread work counts start in the shared state: after the words, 8-aligned. */
+function doneOffset(threads: number): number {
+  return Math.ceil((STATE + threads) * 4 / 8) * 8;
 }
 
-/** Views of the shared state for `lanes` lanes (index 0 is the calling thread). */
-function sharedViews(shared: SharedArrayBuffer, lanes: number) {
-  const words = new Int32Array(shared, 0, STATE + lanes);
-  const done = new Float64Array(shared, doneOffset(lanes), lanes);
+/** Views of the shared state for `threads` threads (index 0 is the calling thread). */
+function sharedViews(shared: SharedArrayBuffer, threads: number) {
+  const words = new Int32Array(shared, 0, STATE + threads);
+  const done = new Float64Array(shared, doneOffset(threads), threads);
   return { words, done };
 }
 
-/** Claims the next segment for a lane: `undefined` once stopped. */
+/** Claims the next segment for a thread: `undefined` once stopped. */
 function claimer(words: Int32Array): () => number | undefined {
   return () => Atomics.load(words, STOP) !== 0 ? undefined : Atomics.add(words, NEXT, 1);
 }
 
 /**
- * Lanes in `count` Workers, made when {@linkcode Lanes.prepare} or {@linkcode Lanes.run} is
+ * CopyThreads in `count` Workers, made when {@linkcode CopyThreads.prepare} or {@linkcode CopyThreads.run} is
  * called. Creating a Worker holds the calling thread for ~20 ms (the new isolate is built before
- * the constructor returns), so the copier calls `run` once its own lane has done `startAfter`
+ * the constructor returns), so the copier calls `run` once its own thread has done `startAfter`
  * bytes of work: the disk starts working that much sooner, and has writes queued while the
- * Workers are made. A Worker that cannot be created is no error: the lanes that run claim its
+ * Workers are made. A Worker that cannot be created is no error: the threads that run claim its
  * share.
  */
-export function startLanes(options: LaneStart): LaneGroup {
-  const lanes = options.count + 1;
-  const shared = new SharedArrayBuffer(doneOffset(lanes) + 8 * lanes);
-  const { words, done } = sharedViews(shared, lanes);
+export function startThreads(options: ThreadStart): ThreadGroup {
+  const threads = options.count + 1;
+  const shared = new SharedArrayBuffer(doneOffset(threads) + 8 * threads);
+  const { words, done } = sharedViews(shared, threads);
   const workers: Worker[] = [];
   const claim = claimer(words);
   const cancels: Array<() => void> = [];
@@ -221,12 +221,12 @@ export function startLanes(options: LaneStart): LaneGroup {
   const prepare = (size: number) => {
     if (prepared) return;
     prepared = true;
-    for (let lane = 1; lane < lanes; lane++) {
+    for (let thread = 1; thread < threads; thread++) {
       let w: Worker;
       try {
-        w = new Worker(options.worker, { type: "module", name: LANE_WORKER_NAME });
+        w = new Worker(options.worker, { type: "module", name: THREAD_WORKER_NAME });
       } catch {
-        // No Workers here (permissions): the lanes that run share the copy.
+        // No Workers here (permissions): the threads that run share the copy.
         break;
       }
       workers.push(w);
@@ -241,7 +241,7 @@ export function startLanes(options: LaneStart): LaneGroup {
     claim,
     progress(): number {
       let sum = 0;
-      for (let i = 1; i < lanes; i++) sum += done[i];
+      for (let i = 1; i < threads; i++) sum += done[i];
       return sum;
     },
     stop(): void {
@@ -249,29 +249,29 @@ export function startLanes(options: LaneStart): LaneGroup {
     },
     started(): number {
       let n = 0;
-      for (let i = 1; i < lanes; i++) if (Atomics.load(words, STATE + i) === STARTED) n++;
+      for (let i = 1; i < threads; i++) if (Atomics.load(words, STATE + i) === STARTED) n++;
       return n;
     },
     prepare(size: number): void {
       prepare(size);
     },
     run(plan: Plan): Promise<StepCounts> {
-      if (ran) throw new Error("lanes already ran");
+      if (ran) throw new Error("threads already ran");
       ran = true;
-      // Stopped or drained already: no lane would claim anything.
+      // Stopped or drained already: no thread would claim anything.
       if (Atomics.load(words, STOP) === 0) prepare(plan.size);
       const wire = planToWire(plan);
       const results = workers.map((w, k) => {
-        const lane = k + 1;
-        const result = laneResult(w, lane, words, cancels);
+        const thread = k + 1;
+        const result = threadResult(w, thread, words, cancels);
         const msg: ToLane = {
           kind: "run",
           job: options.job,
           plan: wire,
           segment: options.segment,
           shared,
-          lane,
-          lanes,
+          thread,
+          threads,
         };
         w.postMessage(msg);
         return result;
@@ -289,8 +289,8 @@ export function startLanes(options: LaneStart): LaneGroup {
       });
     },
     drain(): void {
-      for (let lane = 1; lane < lanes; lane++) {
-        Atomics.compareExchange(words, STATE + lane, IDLE, CANCELLED);
+      for (let thread = 1; thread < threads; thread++) {
+        Atomics.compareExchange(words, STATE + thread, IDLE, CANCELLED);
       }
       for (const cancel of cancels) cancel();
     },
@@ -301,25 +301,25 @@ export function startLanes(options: LaneStart): LaneGroup {
 }
 
 /**
- * What lane `lane` did. A lane that never started (its Worker failed to load, or it was still
+ * What thread `thread` did. A thread that never started (its Worker failed to load, or it was still
  * loading when every segment had been claimed) did nothing and is cancelled: it resolves with
- * zero counts. Any error after it started is the copy's error, and stops the other lanes.
+ * zero counts. Any error after it started is the copy's error, and stops the other threads.
  */
-function laneResult(
+function threadResult(
   w: Worker,
-  lane: number,
+  thread: number,
   words: Int32Array,
   cancels: Array<() => void>,
 ): Promise<StepCounts> {
   return new Promise((resolve, reject) => {
-    // A lane that has not started has claimed nothing: cancelled, the others cover for it.
+    // A thread that has not started has claimed nothing: cancelled, the others cover for it.
     const cancel = () => {
-      const was = Atomics.compareExchange(words, STATE + lane, IDLE, CANCELLED);
+      const was = Atomics.compareExchange(words, STATE + thread, IDLE, CANCELLED);
       if (was !== STARTED) resolve(noCounts());
       return was !== STARTED;
     };
     // drain() may have cancelled it before this was set up.
-    if (Atomics.load(words, STATE + lane) === CANCELLED) resolve(noCounts());
+    if (Atomics.load(words, STATE + thread) === CANCELLED) resolve(noCounts());
     cancels.push(cancel);
     w.onmessage = (e: MessageEvent<FromLane>) => {
       const m = e.data;
@@ -346,16 +346,16 @@ function role(err: unknown, which: "source" | "destination"): unknown {
 }
 
 /**
- * Serves one lane in this Worker: waits for the job, opens the disks, copies the segments it
- * claims, reports. Run by main.ts when the Worker is named {@linkcode LANE_WORKER_NAME}.
+ * Serves one thread in this Worker: waits for the job, opens the disks, copies the segments it
+ * claims, reports. Run by main.ts when the Worker is named {@linkcode THREAD_WORKER_NAME}.
  */
-export function serveLane(): void {
+export function serveThread(): void {
   const scope = globalThis as unknown as {
     onmessage: ((e: MessageEvent<ToLane>) => void) | null;
     postMessage(m: FromLane): void;
   };
   let opened: Promise<[Disk, Disk]> | undefined;
-  const open = (job: LaneJob, size: number) =>
+  const open = (job: ThreadJob, size: number) =>
     opened ??= (async (): Promise<[Disk, Disk]> => {
       const src = (await openSource(job.src, job.open).catch((err) => {
         throw role(err, "source");
@@ -370,16 +370,16 @@ export function serveLane(): void {
     })();
   scope.onmessage = async (e) => {
     if (e.data.kind === "open") {
-      // Reported, if it fails, when the lane runs.
+      // Reported, if it fails, when the thread runs.
       open(e.data.job, e.data.size).catch(() => {});
       return;
     }
-    const { job, plan, segment, shared, lane, lanes } = e.data;
-    const { words, done } = sharedViews(shared, lanes);
+    const { job, plan, segment, shared, thread, threads } = e.data;
+    const { words, done } = sharedViews(shared, threads);
     let disks: [Disk, Disk] | undefined;
     try {
       // Claim nothing once cancelled (the caller found every segment taken before we got here).
-      if (Atomics.compareExchange(words, STATE + lane, IDLE, STARTED) !== IDLE) return;
+      if (Atomics.compareExchange(words, STATE + thread, IDLE, STARTED) !== IDLE) return;
       const claim = claimer(words);
       const signal = {
         get aborted() {
@@ -399,10 +399,10 @@ export function serveLane(): void {
         { segment, claim },
         (n) => {
           finished += n;
-          done[lane] = finished;
+          done[thread] = finished;
         },
       );
-      // Writeback errors surface here, in the lane that wrote: they are the destination's
+      // Writeback errors surface here, in the thread that wrote: they are the destination's
       // (exit 4), as is what closing it reports.
       try {
         await dst.flush();

@@ -847,7 +847,7 @@ export class NbdDisk implements Disk {
     let next = offset;
     let failedAt = Infinity;
     let failure: unknown;
-    const lane = async () => {
+    const pipeline = async () => {
       while (next < end && failedAt === Infinity) {
         const at = next;
         next = Math.min(end, at + max);
@@ -858,8 +858,8 @@ export class NbdDisk implements Disk {
         }
       }
     };
-    const lanes = Math.min(this.#options.maxInFlight, Math.ceil(length / max));
-    await Promise.all(Array.from({ length: lanes }, lane));
+    const pipelines = Math.min(this.#options.maxInFlight, Math.ceil(length / max));
+    await Promise.all(Array.from({ length: pipelines }, pipeline));
     if (failedAt !== Infinity) throw failure;
   }
 

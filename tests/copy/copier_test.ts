@@ -5,7 +5,7 @@ import {
   copy,
   CopyAborted,
   type CopyStats,
-  type Lanes,
+  type CopyThreads,
   noCounts,
   runSteps,
   type StepCounts,
@@ -380,8 +380,8 @@ Deno.test("several reads and writes in flight still land every byte once, in any
 });
 
 /**
- * Lanes in this thread: `count` more runs of the copier's steps over the same disks, claiming
- * segments from one counter, interleaved by their awaits (the contract lane.ts keeps with
+ * CopyThreads in this thread: `count` more runs of the copier's steps over the same disks, claiming
+ * segments from one counter, interleaved by their awaits (the contract threads.ts keeps with
  * Workers).
  */
 function inThreadLanes(
@@ -390,9 +390,9 @@ function inThreadLanes(
   count: number,
   segment: number,
   options: { quantum: number; chunkSize: number; readAhead: number },
-  /** Every write by these lanes fails. */
+  /** Every write by these threads fails. */
   failing = false,
-): Lanes & { claimed: number[] } {
+): CopyThreads & { claimed: number[] } {
   let next = 0;
   let stopped = false;
   let ran = false;
@@ -422,7 +422,7 @@ function inThreadLanes(
     drain: () => {},
     run(run: Plan): Promise<StepCounts> {
       ran = true;
-      const lanes = Array.from({ length: count }, (_, i) => {
+      const threads = Array.from({ length: count }, (_, i) => {
         const d: Disk = !failing ? dst : {
           name: dst.name,
           size: dst.size,
@@ -435,7 +435,7 @@ function inThreadLanes(
           done[i] += n;
         });
       });
-      return Promise.allSettled(lanes).then((results) => {
+      return Promise.allSettled(threads).then((results) => {
         const sum = noCounts();
         for (const r of results) {
           if (r.status === "rejected") throw r.reason;
@@ -447,7 +447,7 @@ function inThreadLanes(
   };
 }
 
-Deno.test("300 seeded random disks copy identically when 1 to 4 lanes claim segments of the work", async () => {
+Deno.test("300 seeded random disks copy identically when 1 to 4 threads claim segments of the work", async () => {
   let othersWork = 0;
   for (let seed = 1; seed <= 300; seed++) {
     const r = new Prng(seed);
@@ -471,17 +471,17 @@ Deno.test("300 seeded random disks copy identically when 1 to 4 lanes claim segm
     });
     const src = MemoryDisk.from(data, { allocation });
     const dst = fresh();
-    // Segments small enough that every lane gets some (the copier shares only when there are
+    // Segments small enough that every thread gets some (the copier shares only when there are
     // at least two).
     const segment = Math.max(1, Math.floor(size / (2 + r.int(20))));
-    const lanes = inThreadLanes(src, dst, 1 + r.int(3), segment, options);
+    const threads = inThreadLanes(src, dst, 1 + r.int(3), segment, options);
     const seen: number[] = [];
     const shared = await copy(src, dst, {
       size,
       allocation,
       prezeroed,
       ...options,
-      lanes,
+      threads,
       onProgress: (d) => seen.push(d),
     });
     ok(Buffer.from(dst.data).equals(Buffer.from(data)), `${where}: copy differs`);
@@ -498,62 +498,62 @@ Deno.test("300 seeded random disks copy identically when 1 to 4 lanes claim segm
         "skippedBytes",
       ] as const
     ) {
-      strictEqual(shared[k], single[k], `${where}: ${k} as with one lane`);
+      strictEqual(shared[k], single[k], `${where}: ${k} as with one thread`);
     }
     strictEqual(seen[seen.length - 1], planWork(planCopy({ size, allocation, prezeroed })), where);
     for (let i = 1; i < seen.length; i++) ok(seen[i] >= seen[i - 1], `${where}: progress`);
     // Segments were claimed in order, each once.
-    deepStrictEqual(lanes.claimed, lanes.claimed.map((_, i) => i), where);
-    othersWork += lanes.progress();
+    deepStrictEqual(threads.claimed, threads.claimed.map((_, i) => i), where);
+    othersWork += threads.progress();
   }
-  ok(othersWork > 0, "the other lanes did part of the work");
+  ok(othersWork > 0, "the other threads did part of the work");
 });
 
-/** 1 MiB, mostly zeroes: the first 4 KiB of every 64 KiB holds data (lanes pay off there). */
+/** 1 MiB, mostly zeroes: the first 4 KiB of every 64 KiB holds data (threads pay off there). */
 function mostlyZero(): MemoryDisk {
   const data = new Uint8Array(1 << 20);
   for (let at = 0; at < data.length; at += 65536) data.fill(5, at, at + 4096);
   return MemoryDisk.from(data);
 }
 
-Deno.test("a lane that fails stops the others and the copy reports its error", async () => {
+Deno.test("a thread that fails stops the others and the copy reports its error", async () => {
   const size = 1 << 20;
   const src = mostlyZero();
   const dst = new MemoryDisk(size);
-  const lanes = inThreadLanes(src, dst, 2, 65536, {
+  const threads = inThreadLanes(src, dst, 2, 65536, {
     quantum: 4096,
     chunkSize: 16384,
     readAhead: 2,
   }, true);
   await rejects(
-    copy(src, dst, { size, prezeroed: true, quantum: 4096, chunkSize: 16384, lanes }),
+    copy(src, dst, { size, prezeroed: true, quantum: 4096, chunkSize: 16384, threads }),
     (e) => e instanceof Error && /injected/.test(e.message),
   );
-  ok(!Buffer.from(dst.data).equals(Buffer.from(src.data)), "the failing lane's part is missing");
+  ok(!Buffer.from(dst.data).equals(Buffer.from(src.data)), "the failing thread's part is missing");
 });
 
-Deno.test("more lanes start only when most of what is read is zeroes skipped", async () => {
+Deno.test("more threads start only when most of what is read is zeroes skipped", async () => {
   const options = { quantum: 4096, chunkSize: 16384, readAhead: 2 };
   for (const [src, expected] of [[mostlyZero(), true], [MemoryDisk.filled(1 << 20, 7), false]]) {
     const dst = new MemoryDisk(1 << 20);
-    const lanes = inThreadLanes(src as MemoryDisk, dst, 1, 65536, options);
+    const threads = inThreadLanes(src as MemoryDisk, dst, 1, 65536, options);
     const stats = await copy(src as MemoryDisk, dst, {
       size: 1 << 20,
       prezeroed: true,
-      lanes,
+      threads,
       ...options,
     });
-    strictEqual(lanes.progress() > 0, expected);
+    strictEqual(threads.progress() > 0, expected);
     strictEqual(stats.threads, expected ? 2 : 1);
   }
 });
 
-Deno.test("an aborted copy stops every lane", async () => {
+Deno.test("an aborted copy stops every thread", async () => {
   const size = 1 << 20;
   const src = mostlyZero();
   const dst = new MemoryDisk(size);
   const ac = new AbortController();
-  const lanes = inThreadLanes(src, dst, 2, 65536, {
+  const threads = inThreadLanes(src, dst, 2, 65536, {
     quantum: 4096,
     chunkSize: 16384,
     readAhead: 2,
@@ -564,7 +564,7 @@ Deno.test("an aborted copy stops every lane", async () => {
       prezeroed: true,
       quantum: 4096,
       chunkSize: 16384,
-      lanes,
+      threads,
       signal: ac.signal,
       onProgress: (done) => {
         if (done >= size / 4) ac.abort("SIGTERM");

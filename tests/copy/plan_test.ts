@@ -74,7 +74,7 @@ Deno.test("a destination holding a base is never assumed zero, even when the bas
   strictEqual(p.data.bytes, 100);
 });
 
-Deno.test("lanes claiming segments in any interleaving take every step exactly once", () => {
+Deno.test("threads claiming segments in any interleaving take every step exactly once", () => {
   for (let seed = 1; seed <= 300; seed++) {
     const r = new Prng(seed);
     const size = 1 + r.int(100000);
@@ -84,17 +84,17 @@ Deno.test("lanes claiming segments in any interleaving take every step exactly o
     const all = [...planSteps(plan, chunk, chunk * 4)];
     let next = 0;
     const claim = () => next++;
-    const lanes = Array.from({ length: 1 + r.int(4) }, () => ({
+    const threads = Array.from({ length: 1 + r.int(4) }, () => ({
       it: claimedSteps(planSteps(plan, chunk, chunk * 4), segment, claim),
       done: false,
     }));
     const taken: Step[] = [];
-    // Advance a random lane at a time, as threads would.
-    while (lanes.some((l) => !l.done)) {
-      const live = lanes.filter((l) => !l.done);
-      const lane = live[r.int(live.length)];
-      const n = lane.it.next();
-      if (n.done) lane.done = true;
+    // Advance a random thread at a time, as threads would.
+    while (threads.some((l) => !l.done)) {
+      const live = threads.filter((l) => !l.done);
+      const thread = live[r.int(live.length)];
+      const n = thread.it.next();
+      if (n.done) thread.done = true;
       else taken.push(n.value);
     }
     taken.sort((a, b) => a.start - b.start);
@@ -102,7 +102,7 @@ Deno.test("lanes claiming segments in any interleaving take every step exactly o
   }
 });
 
-Deno.test("a lane stops claiming when told: claim returns undefined", () => {
+Deno.test("a thread stops claiming when told: claim returns undefined", () => {
   const plan = planCopy({ size: 10 << 20, prezeroed: false });
   let next = 0;
   const claim = () => (next < 2 ? next++ : undefined);

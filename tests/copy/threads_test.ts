@@ -66,7 +66,7 @@ Deno.test("two threads copy a file exactly as one does, with the same stats", as
     strictEqual(one.threads, 1);
     ok(await sameBytes(`${dir}/src`, `${dir}/two`), "the copy holds the source's bytes");
     deepStrictEqual(sameAcrossRuns(two), sameAcrossRuns(one));
-    // Onto the existing, non-zero copy (not prezeroed): zeroes must land, in every lane.
+    // Onto the existing, non-zero copy (not prezeroed): zeroes must land, in every thread.
     await Deno.writeFile(`${dir}/two`, new Uint8Array(size).fill(0xee));
     const again = await runMain([
       "-src",
