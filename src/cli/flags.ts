@@ -21,13 +21,8 @@ import { errorText } from "../core/error_text.ts";
 /** Most threads `-threads` accepts. */
 const MAX_THREADS = 16;
 /**
- * Threads by default into a block device: two (or one on a single CPU); more only compete with
- * dom0's other work (tapdisks, qemu) for a disk that is already busy. Into a regular file: one.
- * Threads writing one file make the file system allocate its blocks in interleaved order: a few
- * hundred physical fragments instead of a few dozen per 2 GiB, and extent-tree blocks half
- * filled (measured: +60 KiB for 600 MiB of data in 6,900 runs). Copying in that order one
- * segment after another cost more than the second thread gained, so a file gets a second thread
- * only when asked (`-threads 2`: 5-10% faster where most of what is read is zeroes).
+ * Threads by default into a block device: two (one on a single CPU). Into a regular file: one,
+ * since two threads make the file system allocate it in interleaved order (docs/performance.md).
  */
 export const DEVICE_THREADS = Math.max(1, Math.min(2, navigator.hardwareConcurrency ?? 1));
 /** Bytes a copy thread claims at a time. */

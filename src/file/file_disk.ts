@@ -1,31 +1,10 @@
 /**
- * Files and block devices as {@linkcode Disk}s.
- *
- * With FFI (the tool runs with `-A`) every disk is a libc file descriptor with no shared file
- * position, so calls may overlap freely. Buffered reads of what is in memory (the page cache's
- * pages, `preadv2` with `RWF_NOWAIT`, or anything on tmpfs) are done in place on the copier's
- * thread: a trip through Deno's thread pool costs that thread more than the copy. Other reads
- * run on the pool (`pread`), so the copier's next reads proceed on the second core while the
- * current block is scanned and written. (Mapping the source instead, to save that copy, cost
- * 2-4 times the CPU: BENCHMARKS.md, "Where the CPU goes".) How writes go depends on
- * `-unbuffered` (measured on ext4 over a virtio disk, timed until the data is durable; see
- * BENCHMARKS.md):
- *
- * - unset (the default): on a regular file, buffered `pwrite`s done in place, each 2 MiB of
- *   written range handed to the device at once (`sync_file_range`), at most 32 MiB in flight,
- *   and written ranges dropped from the page cache: as fast as anything measured, and dom0's
- *   page cache is not flooded (on tmpfs there is no device: plain writes); on a block device,
- *   `O_DIRECT` as with `true`;
- * - `true`: an extra `O_DIRECT` descriptor serves every aligned read and write (as xapi's own
- *   sparse_dd); unaligned requests take the buffered descriptor;
- * - `false`: plain buffered I/O and one `fdatasync` at the end.
- *
- * Regular files report their allocation through `SEEK_DATA`/`SEEK_HOLE` and zero ranges by
- * punching holes; block devices zero through `BLKZEROOUT`. Without FFI, `Deno.FsFile` does the
- * I/O, one request at a time.
- *
- * A regular file's size is its length; a block device's comes from seeking to its end
- * (`stat().size` is 0 for devices).
+ * Files and block devices as {@linkcode Disk}s: libc descriptors through FFI (no shared file
+ * position, so calls overlap freely), reads in place when the bytes are in memory and on Deno's
+ * thread pool otherwise, and three ways to write (`-unbuffered` unset, `true`, `false`). Regular
+ * files report allocation with `SEEK_DATA`/`SEEK_HOLE` and zero by punching holes; block devices
+ * zero with `BLKZEROOUT` and give their size by seeking to the end. Why each choice, with the
+ * measurements behind it: docs/performance.md.
  *
  * @module
  */
