@@ -30,6 +30,7 @@ import {
   writeFully,
 } from "./stream.ts";
 import type { RemoteTarget } from "./url.ts";
+import { deadline } from "../core/deadline.ts";
 
 /** How to speak TLS to an https destination. */
 export interface TlsSettings {
@@ -96,15 +97,7 @@ export function withTimeout<T>(
   message: string,
   onTimeout: () => void,
 ): Promise<T> {
-  if (!(ms > 0)) return p;
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const t = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => {
-      onTimeout();
-      reject(new HttpError(message));
-    }, ms);
-  });
-  return Promise.race([p, t]).finally(() => clearTimeout(timer));
+  return deadline(p, ms, onTimeout, () => new HttpError(message));
 }
 
 /**

@@ -66,6 +66,7 @@ import {
   TransmissionFlag,
 } from "./protocol.ts";
 import { errorText } from "../core/error_text.ts";
+import { deadline } from "../core/deadline.ts";
 
 /**
  * What the client needs of a connection: a socket (`Deno.Conn`), or a stream that was
@@ -278,25 +279,9 @@ async function writeAll(conn: NbdConnection, b: Uint8Array): Promise<void> {
   while (at < b.length) at += await conn.write(b.subarray(at));
 }
 
-/**
- * Races `p` against a timer; on timeout runs `onTimeout` (which closes the socket so `p` settles
- * too) and rejects with `message`.
- */
-function deadline<T>(
-  p: Promise<T>,
-  ms: number,
-  message: string,
-  onTimeout: () => void,
-): Promise<T> {
-  if (!(ms > 0)) return p;
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => {
-      onTimeout();
-      reject(new Error(message));
-    }, ms);
-  });
-  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+/** {@linkcode deadline} with an `Error` of `message` (the caller turns it into a DiskError). */
+function timeLimit<T>(p: Promise<T>, ms: number, message: string, onTimeout: () => void) {
+  return deadline(p, ms, onTimeout, () => new Error(message));
 }
 
 /** The options with their defaults filled in. */
@@ -412,7 +397,7 @@ export class NbdDisk implements Disk {
       return [c, reader, info];
     };
     try {
-      const [c, reader, info] = await deadline(
+      const [c, reader, info] = await timeLimit(
         setup(),
         opts.connectTimeoutMs,
         `no answer within ${opts.connectTimeoutMs / 1000} s while connecting`,
@@ -451,7 +436,7 @@ export class NbdDisk implements Disk {
     const opts = withDefaults(options);
     try {
       const reader = new ByteReader(conn);
-      const info = await deadline(
+      const info = await timeLimit(
         handshake(conn, reader, options.exportName ?? "", opts.negotiation),
         opts.connectTimeoutMs,
         `no answer within ${opts.connectTimeoutMs / 1000} s during the NBD handshake`,
