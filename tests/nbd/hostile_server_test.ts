@@ -28,28 +28,6 @@ const HONEST: ReadonlySet<Lie> = new Set<Lie>([
   "write-error",
 ]);
 
-/** Lies about reads and block status do not matter to a destination. */
-const DESTINATION_LIES: ReadonlySet<Lie> = new Set<Lie>([
-  "none",
-  "greeting-oldstyle",
-  "no-fixed-newstyle",
-  "export-size-huge",
-  "size-not-multiple-of-minimum",
-  "max-block-1",
-  "max-block-below-minimum",
-  "minimum-block-not-power-of-2",
-  "option-reply-huge",
-  "option-reply-wrong-option",
-  "no-export-info",
-  "export-info-bad-length",
-  "read-only",
-  "unknown-cookie",
-  "reply-not-in-flight",
-  "trickle",
-  "data-chunk-for-write",
-  "write-error",
-]);
-
 /** Lies found during the handshake: the message names the URI but no offset. */
 const HANDSHAKE: ReadonlySet<Lie> = new Set<Lie>([
   "greeting-oldstyle",
@@ -64,6 +42,17 @@ const HANDSHAKE: ReadonlySet<Lie> = new Set<Lie>([
   "no-export-info",
   "export-info-bad-length",
   "read-only",
+]);
+
+/** Lies about reads and block status do not matter to a destination. */
+const DESTINATION_LIES: ReadonlySet<Lie> = new Set<Lie>([
+  "none",
+  ...HANDSHAKE,
+  "unknown-cookie",
+  "reply-not-in-flight",
+  "trickle",
+  "data-chunk-for-write",
+  "write-error",
 ]);
 
 /** Content with holes, zero runs inside data, and data in the last sector. */
