@@ -27,6 +27,10 @@ ensure_deno() {
   # xapi runs us with no HOME; Deno needs somewhere for its cache.
   export DENO_DIR="${DENO_DIR:-$TOOLS/deno-dir}"
   export DENO_NO_UPDATE_CHECK=1
+  # deno bundle fetches esbuild from the npm registry with Deno's own TLS stack, which trusts
+  # only Mozilla's roots by default; where egress goes through a proxy with its own CA (CI
+  # here), npm trusts it through the system store, so Deno must too.
+  export DENO_TLS_CA_STORE="${DENO_TLS_CA_STORE:-mozilla,system}"
   export DENO
 }
 
