@@ -29,18 +29,27 @@ const SD =
     .split(" ");
 
 /** CPU seconds (user + system) this process has used: the receiving side runs here. */
-function ownCpu(): number {
-  const fields = Deno.readTextFileSync("/proc/self/stat").replace(/^.*\) /, "").split(" ");
+function ownCpu(pid: number | "self" = "self"): number {
+  const fields = Deno.readTextFileSync(`/proc/${pid}/stat`).replace(/^.*\) /, "").split(" ");
   // utime and stime are fields 14 and 15 (11 and 12 after the command name), in 1/100 s.
   return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+/** The NBD servers' processes (nbdkit), whose CPU time is counted apart. */
+const servers: number[] = [];
+function serverCpu(): number {
+  return servers.reduce((sum, pid) => sum + ownCpu(pid), 0);
 }
 
 /**
  * Runs `argv` under /usr/bin/time: wall seconds, the CPU seconds (user + system) it used, and
  * the CPU seconds the receiving side (this process) used meanwhile.
  */
-async function run(argv: string[]): Promise<{ wall: number; cpu: number; receiver: number }> {
+async function run(
+  argv: string[],
+): Promise<{ wall: number; cpu: number; receiver: number; server: number }> {
   const before = ownCpu();
+  const serverBefore = serverCpu();
   const out = await new Deno.Command("/usr/bin/time", {
     args: ["-f", "TIME %e %U %S", ...argv],
     stdout: "null",
@@ -50,7 +59,12 @@ async function run(argv: string[]): Promise<{ wall: number; cpu: number; receive
   if (!out.success) throw new Error(`${argv.join(" ")} failed: ${err}`);
   const m = /TIME ([\d.]+) ([\d.]+) ([\d.]+)\s*$/.exec(err);
   if (!m) throw new Error(`no timing from /usr/bin/time: ${err}`);
-  return { wall: Number(m[1]), cpu: Number(m[2]) + Number(m[3]), receiver: ownCpu() - before };
+  return {
+    wall: Number(m[1]),
+    cpu: Number(m[2]) + Number(m[3]),
+    receiver: ownCpu() - before,
+    server: serverCpu() - serverBefore,
+  };
 }
 
 /** A sparse file of SIZE bytes: 10% data in 1-8 MiB runs of random bytes. */
@@ -159,6 +173,7 @@ async function main() {
       stdout: "null",
       stderr: "null",
     }).spawn();
+    servers.push(nbdkit.pid, nbdkitTcp.pid);
     cleanup.push(async () => {
       nbdkit.kill("SIGKILL");
       nbdkitTcp.kill("SIGKILL");
@@ -221,7 +236,14 @@ async function main() {
     ];
     const load = (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ");
     const results: Array<
-      { name: string; median: number; all: number[]; cpu: number; receiver: number }
+      {
+        name: string;
+        median: number;
+        all: number[];
+        cpu: number;
+        receiver: number;
+        server: number;
+      }
     > = [];
     const only = Deno.env.get("BENCH_ONLY");
     for (const row of rows) {
@@ -229,6 +251,7 @@ async function main() {
       const times: number[] = [];
       const cpus: number[] = [];
       const receivers: number[] = [];
+      const serverCpus: number[] = [];
       for (let i = 0; i <= RUNS; i++) {
         await row.prep?.();
         const t = await run(row.argv);
@@ -236,6 +259,7 @@ async function main() {
           times.push(t.wall);
           cpus.push(t.cpu);
           receivers.push(t.receiver);
+          serverCpus.push(t.server);
         }
       }
       const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -245,6 +269,7 @@ async function main() {
         all: times,
         cpu: median(cpus),
         receiver: median(receivers),
+        server: median(serverCpus),
       });
       console.error(
         `${row.name}: ${times.map((t) => t.toFixed(2)).join(" ")} s, cpu ${
@@ -261,15 +286,15 @@ async function main() {
       `after a warm-up, medians of the wall time and of the sender's CPU time (user + system; the ` +
       `process's start included), and of the CPU time of the receiving side (the test's xapi ` +
       `side in the benchmark's own process: HTTP, TLS, frames into a file or the relay to nbdkit; ` +
-      `nbdkit's own not counted), all on the same CPUs. Load average ${load} ` +
+      `and of nbdkit's (the NBD rows' server)), all on the same CPUs. Load average ${load} ` +
       `before, ${endLoad} after (${navigator.hardwareConcurrency} CPUs, shared).`,
       "",
-      "| destination | wall (s) | CPU of the sender (s) | CPU of the receiving side (s) | wall, each run (s) |",
-      "| --- | ---: | ---: | ---: | --- |",
+      "| destination | wall (s) | CPU of the sender (s) | CPU of the receiving side (s) | CPU of nbdkit (s) | wall, each run (s) |",
+      "| --- | ---: | ---: | ---: | ---: | --- |",
       ...results.map((r) =>
         `| ${r.name} | ${r.median.toFixed(2)} | ${r.cpu.toFixed(2)} | ${r.receiver.toFixed(2)} | ${
-          r.all.map((t) => t.toFixed(2)).join(", ")
-        } |`
+          r.server.toFixed(2)
+        } | ${r.all.map((t) => t.toFixed(2)).join(", ")} |`
       ),
     ];
     const get = (n: string, cpu = false) => {
