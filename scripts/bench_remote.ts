@@ -28,8 +28,11 @@ const SD =
   (Deno.env.get("SPARSE_DD") ?? `${Deno.execPath()} run -A --quiet --no-lock ${ROOT}/main.ts`)
     .split(" ");
 
-/** CPU seconds (user + system) this process has used: the receiving side runs here. */
-function ownCpu(pid: number | "self" = "self"): number {
+/**
+ * CPU seconds (user + system) a process has used; by default this one, where the receiving side
+ * runs.
+ */
+function cpuOf(pid: number | "self" = "self"): number {
   const fields = Deno.readTextFileSync(`/proc/${pid}/stat`).replace(/^.*\) /, "").split(" ");
   // utime and stime are fields 14 and 15 (11 and 12 after the command name), in 1/100 s.
   return (Number(fields[11]) + Number(fields[12])) / 100;
@@ -38,7 +41,7 @@ function ownCpu(pid: number | "self" = "self"): number {
 /** The NBD servers' processes (nbdkit), whose CPU time is counted apart. */
 const servers: number[] = [];
 function serverCpu(): number {
-  return servers.reduce((sum, pid) => sum + ownCpu(pid), 0);
+  return servers.reduce((sum, pid) => sum + cpuOf(pid), 0);
 }
 
 /**
@@ -48,7 +51,7 @@ function serverCpu(): number {
 async function run(
   argv: string[],
 ): Promise<{ wall: number; cpu: number; receiver: number; server: number }> {
-  const before = ownCpu();
+  const before = cpuOf();
   const serverBefore = serverCpu();
   const out = await new Deno.Command("/usr/bin/time", {
     args: ["-f", "TIME %e %U %S", ...argv],
@@ -62,7 +65,7 @@ async function run(
   return {
     wall: Number(m[1]),
     cpu: Number(m[2]) + Number(m[3]),
-    receiver: ownCpu() - before,
+    receiver: cpuOf() - before,
     server: serverCpu() - serverBefore,
   };
 }
@@ -285,8 +288,8 @@ async function main() {
       `of data (${((100 * data) / SIZE).toFixed(0)}%), -prezeroed; loopback TCP; ${RUNS} runs ` +
       `after a warm-up, medians of the wall time and of the sender's CPU time (user + system; the ` +
       `process's start included), and of the CPU time of the receiving side (the test's xapi ` +
-      `side in the benchmark's own process: HTTP, TLS, frames into a file or the relay to nbdkit; ` +
-      `and of nbdkit's (the NBD rows' server)), all on the same CPUs. Load average ${load} ` +
+      `side in the benchmark's own process: HTTP, TLS, frames into a file or the relay to nbdkit) ` +
+      `and of nbdkit (the NBD rows' server), all on the same CPUs. Load average ${load} ` +
       `before, ${endLoad} after (${navigator.hardwareConcurrency} CPUs, shared).`,
       "",
       "| destination | wall (s) | CPU of the sender (s) | CPU of the receiving side (s) | CPU of nbdkit (s) | wall, each run (s) |",

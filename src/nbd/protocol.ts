@@ -10,6 +10,23 @@
  * @module
  */
 
+import {
+  checkU32,
+  concat,
+  decoder,
+  decodeString,
+  encoder,
+  encodeString,
+  getU64,
+  MAX_STRING,
+  NbdProtocolError,
+  need,
+  setU64,
+  view,
+} from "./_wire.ts";
+
+export { MAX_STRING, NbdProtocolError };
+
 /** `NBDMAGIC`: the first 8 bytes a server sends. */
 export const NBD_MAGIC = 0x4e42444d41474943n;
 /** `IHAVEOPT`: newstyle negotiation (after `NBDMAGIC`), and the prefix of every option request. */
@@ -39,8 +56,6 @@ export const REQUEST_HEADER_SIZE = 28;
 export const SIMPLE_REPLY_SIZE = 16;
 /** Bytes of a structured reply chunk header. */
 export const STRUCTURED_REPLY_HEADER_SIZE = 20;
-/** The longest string (export name, error message) the protocol allows. */
-export const MAX_STRING = 4096;
 /** The largest payload the spec lets a client assume when the server states no maximum. */
 export const DEFAULT_MAX_BLOCK = 32 * 1024 * 1024;
 
@@ -222,84 +237,6 @@ const CMD_NAMES = [
  */
 export function commandName(type: number): string {
   return CMD_NAMES[type] ?? `command ${type}`;
-}
-
-/**
- * The peer broke the protocol: bad magic, impossible lengths, a malformed payload.
- *
- * @example
- * ```ts
- * import { decodeGreeting, NbdProtocolError } from "./protocol.ts";
- * try { decodeGreeting(new Uint8Array(18)); } catch (e) { e instanceof NbdProtocolError; }
- * ```
- */
-export class NbdProtocolError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "NbdProtocolError";
-  }
-}
-
-const encoder = new TextEncoder();
-const decoder = new TextDecoder("utf-8", { fatal: true });
-
-function view(b: Uint8Array): DataView {
-  return new DataView(b.buffer, b.byteOffset, b.byteLength);
-}
-
-function need(b: Uint8Array, n: number, what: string): void {
-  if (b.length < n) {
-    throw new NbdProtocolError(`${what}: need ${n} bytes, got ${b.length}`);
-  }
-}
-
-function getU64(v: DataView, at: number, what: string): number {
-  const hi = v.getUint32(at);
-  const lo = v.getUint32(at + 4);
-  const n = hi * 0x1_0000_0000 + lo;
-  if (!Number.isSafeInteger(n)) throw new NbdProtocolError(`${what} too large: ${n}`);
-  return n;
-}
-
-function setU64(v: DataView, at: number, n: number): void {
-  if (!Number.isSafeInteger(n) || n < 0) throw new RangeError(`not a 64-bit unsigned value: ${n}`);
-  v.setUint32(at, Math.floor(n / 0x1_0000_0000));
-  v.setUint32(at + 4, n >>> 0);
-}
-
-function checkU32(n: number, what: string): void {
-  if (!Number.isInteger(n) || n < 0 || n > 0xffffffff) {
-    throw new RangeError(`${what} does not fit in 32 bits: ${n}`);
-  }
-}
-
-function encodeString(s: string, what: string): Uint8Array {
-  const b = encoder.encode(s);
-  if (b.length > MAX_STRING) {
-    throw new RangeError(`${what} longer than ${MAX_STRING} bytes`);
-  }
-  return b;
-}
-
-function decodeString(b: Uint8Array, what: string): string {
-  try {
-    return decoder.decode(b);
-  } catch {
-    throw new NbdProtocolError(`${what} is not valid UTF-8`);
-  }
-}
-
-/** Concatenates byte arrays. */
-function concat(parts: Uint8Array[]): Uint8Array {
-  let n = 0;
-  for (const p of parts) n += p.length;
-  const out = new Uint8Array(n);
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ import {
   IHAVEOPT,
   Info,
   type InfoReply,
-  MAX_STRING,
   NBD_MAGIC,
   NbdProtocolError,
   OLDSTYLE_GREETING_SIZE,
@@ -30,43 +29,7 @@ import {
   STRUCTURED_REPLY_HEADER_SIZE,
   STRUCTURED_REPLY_MAGIC,
 } from "../../src/nbd/protocol.ts";
-
-const encoder = new TextEncoder();
-const decoder = new TextDecoder("utf-8", { fatal: true });
-
-function view(b: Uint8Array): DataView {
-  return new DataView(b.buffer, b.byteOffset, b.byteLength);
-}
-
-function need(b: Uint8Array, n: number, what: string): void {
-  if (b.length < n) throw new NbdProtocolError(`${what}: need ${n} bytes, got ${b.length}`);
-}
-
-function getU64(v: DataView, at: number, what: string): number {
-  const n = v.getUint32(at) * 0x1_0000_0000 + v.getUint32(at + 4);
-  if (!Number.isSafeInteger(n)) throw new NbdProtocolError(`${what} too large: ${n}`);
-  return n;
-}
-
-function setU64(v: DataView, at: number, n: number): void {
-  if (!Number.isSafeInteger(n) || n < 0) throw new RangeError(`not a 64-bit unsigned value: ${n}`);
-  v.setUint32(at, Math.floor(n / 0x1_0000_0000));
-  v.setUint32(at + 4, n >>> 0);
-}
-
-function encodeString(s: string, what: string): Uint8Array {
-  const b = encoder.encode(s);
-  if (b.length > MAX_STRING) throw new RangeError(`${what} longer than ${MAX_STRING} bytes`);
-  return b;
-}
-
-function decodeString(b: Uint8Array, what: string): string {
-  try {
-    return decoder.decode(b);
-  } catch {
-    throw new NbdProtocolError(`${what} is not valid UTF-8`);
-  }
-}
+import { decodeString, encodeString, getU64, need, setU64, view } from "../../src/nbd/_wire.ts";
 
 /**
  * Encodes a newstyle server greeting.

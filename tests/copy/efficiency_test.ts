@@ -70,6 +70,18 @@ function perMiB(a: Map<string, number>, b: Map<string, number>, bytes: number) {
   return out;
 }
 
+/** The argv of the measured copy of `size` bytes of `src`, into a new file in `dir`. */
+const copyArgs = (dir: string, src: string, size: number) => [
+  "-src",
+  src,
+  "-dest",
+  `${dir}/dest${size}.raw`,
+  "-size",
+  String(size),
+  "-config",
+  "/nonexistent/sparse_dd.conf",
+];
+
 const show = (m: Map<string, number>) =>
   [...m].filter(([, v]) => v !== 0).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(", ");
 
@@ -80,18 +92,7 @@ Deno.test("a copy into a file makes at most 8 FFI calls per MiB copied", async (
     const counts: Map<string, number>[] = [];
     for (const size of [SMALL, LARGE]) {
       ffiCalls.clear();
-      const code = await main([
-        "-src",
-        src,
-        "-dest",
-        `${dir}/dest${size}.raw`,
-        "-size",
-        String(size),
-        "-progress",
-        "none",
-        "-config",
-        "/nonexistent/sparse_dd.conf",
-      ]);
+      const code = await main([...copyArgs(dir, src, size), "-progress", "none"]);
       ok(code === 0, `exit ${code}`);
       counts.push(new Map(ffiCalls));
     }
@@ -124,16 +125,7 @@ Deno.test("a copy into a file makes at most 12 system calls per MiB copied, on e
     const counts: Map<string, number>[] = [];
     for (const size of [SMALL, LARGE]) {
       counts.push(
-        await syscalls([
-          "-src",
-          src,
-          "-dest",
-          `${dir}/dest${size}.raw`,
-          "-size",
-          String(size),
-          "-config",
-          "/nonexistent/sparse_dd.conf",
-        ], `${dir}/strace${size}.txt`),
+        await syscalls(copyArgs(dir, src, size), `${dir}/strace${size}.txt`),
       );
     }
     ok((counts[1].get("pwrite64") ?? 0) > 0, "the writes were counted");
@@ -160,16 +152,7 @@ Deno.test("a copy into a file takes at most 8 page faults per MiB copied", async
     const counts: number[] = [];
     for (const size of [SMALL, LARGE]) {
       counts.push(
-        await faults([
-          "-src",
-          src,
-          "-dest",
-          `${dir}/dest${size}.raw`,
-          "-size",
-          String(size),
-          "-config",
-          "/nonexistent/sparse_dd.conf",
-        ], `${dir}/time${size}.txt`),
+        await faults(copyArgs(dir, src, size), `${dir}/time${size}.txt`),
       );
     }
     const per = (counts[1] - counts[0]) / ((LARGE - SMALL) / MiB);

@@ -382,7 +382,7 @@ Deno.test("NBD upgrade: an unknown export and a server dying mid-copy are NBD er
           "-src",
           `${dir}/src.raw`,
           "-dest",
-          url("https", srv.port, "/services/SM/nbdproxy/import/x").replace("https", "http"),
+          url("http", srv.port, "/services/SM/nbdproxy/import/x"),
           "-dest-proto",
           "nbd",
           "-nbd-export",
