@@ -14,8 +14,8 @@
 #   BENCH_DIR=DIR        work directory (default: a new one under /var/tmp, removed at the end)
 #   BENCH_KEEP=1         keep the work directory
 #   BENCH_OUT=FILE       report file (default BENCHMARKS.md; quick mode: BENCHMARKS.quick.md)
-#   SPARSE_DD="cmd"      how to run sparse_dd (default: the `deno bundle` of main.ts under
-#                        `deno run -A`, as scripts/install.sh's launcher runs it)
+#   SPARSE_DD="cmd"      how to run sparse_dd (default: the `deno bundle` of main.ts as the
+#                        release ships it, run as scripts/install.sh's launcher runs it)
 #
 # scripts/bench_s5.sh, when present, is *sourced* after S4 and defines its scenarios with the same
 # functions S1-S4 use:
@@ -53,11 +53,13 @@ OUT=${BENCH_OUT:-$ROOT/$([ "$QUICK" = 1 ] && echo BENCHMARKS.quick.md || echo BE
 MiB=$((1024 * 1024))
 GiB=$((1024 * MiB))
 # sparse_dd runs as it is shipped without a compiled binary (scripts/install.sh's launcher): the
-# one-file bundle under `deno run -A`, so start-up is what xapi would see.
+# bundle as scripts/eval_bundle.ts ships it, under `deno run -A` with no Deno cache (DENO_DIR
+# names a directory that cannot exist, as the launcher's does): start-up is what xapi would see.
 BUNDLE=""
 if [ -z "${SPARSE_DD:-}" ]; then
-  BUNDLE=$(mktemp --suffix=.js /var/tmp/sparse_dd_bench_bundle.XXXXXX)
-  "$DENO" bundle --quiet --platform=deno -o "$BUNDLE" "$ROOT/main.ts"
+  BUNDLE=$(mktemp -d /var/tmp/sparse_dd_bench_bundle.XXXXXX)
+  "$DENO" bundle --quiet --platform=deno -o "$BUNDLE/bundle.js" "$ROOT/main.ts"
+  "$DENO" run --quiet --no-config -R -W "$ROOT/scripts/eval_bundle.ts" "$BUNDLE/bundle.js" "$BUNDLE"
 fi
 if [ -n "${BENCH_DIR:-}" ]; then
   WORK=$BENCH_DIR
@@ -65,17 +67,18 @@ if [ -n "${BENCH_DIR:-}" ]; then
 else
   WORK=$(mktemp -d /var/tmp/sparse_dd_bench.XXXXXX)
 fi
-# A Deno cache of its own (V8's code cache of the bundle, filled by the warm-up round), as on a
-# host where nothing else runs Deno: a cache shared with busy neighbours costs start-up.
-mkdir -p "$WORK/deno-dir"
-SD=${SPARSE_DD:-"env DENO_DIR=$WORK/deno-dir $DENO run -A --quiet --no-config --no-lock $BUNDLE"}
+SD=${SPARSE_DD:-"env DENO_DIR=/dev/null/sparse_dd $DENO run -A --quiet --no-config --no-lock $BUNDLE/sparse_dd.js"}
 SD_PREFIX=$SD # what the rows show instead of the full command
 RESULTS=$WORK/results.tsv
 # The block device under the work directory: its write requests and busy time (io_ticks) are
 # recorded around every timed run, to show when the disk, not the tool, sets the pace.
 DEV=$(basename "$(df --output=source "$WORK" | tail -n 1)")
 grep -qw "$DEV" /proc/diskstats || DEV=""
-devstat() { [ -n "$DEV" ] && awk -v d="$DEV" '$3 == d { print $8, $13 }' /proc/diskstats || echo "0 0"; }
+# Fields: writes completed, io_ticks (ms busy), ms spent flushing (the 20th: Linux 5.5 and later).
+devstat() {
+  [ -n "$DEV" ] && awk -v d="$DEV" '$3 == d { print $8, $13, ($20 == "" ? 0 : $20) }' /proc/diskstats ||
+    echo "0 0 0"
+}
 SCENARIOS=$WORK/scenarios.tsv
 DESCRIBED=$WORK/described.tsv
 : >"$RESULTS"
@@ -88,7 +91,7 @@ cleanup() {
   local i
   for ((i = ${#EXIT_CMDS[@]} - 1; i >= 0; i--)); do eval "${EXIT_CMDS[$i]}" || true; done
   if [ "${BENCH_KEEP:-0}" != 1 ] && [ -z "${BENCH_DIR:-}" ]; then rm -rf "$WORK"; fi
-  if [ -n "$BUNDLE" ]; then rm -f "$BUNDLE"; fi
+  if [ -n "$BUNDLE" ]; then rm -rf "$BUNDLE"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -150,10 +153,10 @@ run_one() {
     log "  ${NAMES[$i]} failed (exit $rc): $(head -c 300 "$WORK/err" | tr '\n' ' ')"
     same=FAIL
   fi
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$SC_ID" "$i" "$round" \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$SC_ID" "$i" "$round" \
     "$(awk "BEGIN { print $t1 - $t0 }")" "${rss:-0}" "$alloc" "$same" "$rc" "${KINDS[$i]}" \
-    "$(echo "$d0 $d1" | awk '{ print $3 - $1 "\t" $4 - $2 }')" "${cpu:-}" "$extents" "$load" \
-    >>"$RESULTS"
+    "$(echo "$d0 $d1" | awk '{ print $4 - $1 "\t" $5 - $2 }')" "${cpu:-}" "$extents" "$load" \
+    "$(echo "$d0 $d1" | awk '{ print $6 - $3 }')" >>"$RESULTS"
 }
 
 measure() {

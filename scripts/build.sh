@@ -3,8 +3,10 @@
 #   sparse_dd.bundle.js        one self-contained JavaScript file (`deno bundle`);
 #   release/                   what a host needs, nothing from this checkout: install.sh,
 #                              README.md (docs/deploy.md) and sparse_dd.d/: deno (the Deno binary,
-#                              or the compiled program, see DENORT_BIN), sparse_dd.js (the bundle),
-#                              lib/ and sparse_dd (the glibc deno runs with, and its loader), VERSION;
+#                              or the compiled program, see DENORT_BIN), sparse_dd.js and
+#                              sparse_dd.core.js (the bundle as Deno runs it fastest with no cache:
+#                              scripts/eval_bundle.ts), lib/ and sparse_dd (the glibc deno runs
+#                              with, and its loader), VERSION;
 #   sparse_dd-VERSION-linux-x86_64.tar.gz
 #                              release/ as sparse_dd-VERSION-linux-x86_64/: on the host,
 #                              `tar xzf ... && sh sparse_dd-*/install.sh` (no node, npm or network);
@@ -72,7 +74,8 @@ if [ -n "$compiled" ]; then
 else
   # The real file, not the .tools symlink: the release must not point into this checkout.
   install -m 755 "$(readlink -f "$DENO")" "$rt/deno"
-  install -m 644 "$DIST/sparse_dd.bundle.js" "$rt/sparse_dd.js"
+  "$DENO" run --quiet --no-config -R -W scripts/eval_bundle.ts "$DIST/sparse_dd.bundle.js" "$rt"
+  chmod 644 "$rt/sparse_dd.js" "$rt/sparse_dd.core.js"
 fi
 # Deno's Linux build needs glibc 2.27; dom0 (CentOS 7 based) has 2.17. So the runtime runs with
 # the glibc it was built for, from this machine: its libraries in lib/ and its dynamic loader as

@@ -8,7 +8,8 @@
 #   /opt/xensource/libexec/sparse_dd            launcher: execs the runtime below, so the pid xapi
 #                                               records runs a binary named sparse_dd
 #   /opt/xensource/libexec/sparse_dd.d/         deno (the Deno runtime, or the `deno compile`d
-#                                               program), sparse_dd.js (the bundle, unless compiled),
+#                                               program), sparse_dd.js + sparse_dd.core.js (the
+#                                               bundle, unless compiled),
 #                                               lib/ + sparse_dd (the glibc deno needs, and its
 #                                               dynamic loader, which runs deno), VERSION,
 #                                               install.sh (this script, for --uninstall),
@@ -170,6 +171,8 @@ install_all() {
   # /proc/PID/exe is .../sparse_dd.d/sparse_dd. SPARSE_DD_LAUNCHER: how the program starts
   # itself again (the plugin's workers and copies), since its executable is the loader.
   if [ -f "$rt/sparse_dd.js" ]; then
+    # The code first, then the module that loads it (scripts/eval_bundle.ts).
+    put "$rt/sparse_dd.core.js" "$LIBEXEC_REL/sparse_dd.d/sparse_dd.core.js" 644
     put "$rt/sparse_dd.js" "$LIBEXEC_REL/sparse_dd.d/sparse_dd.js" 644
     # DENO_DIR names a directory that cannot exist: Deno keeps its caches in memory, so a copy
     # writes nothing but its destination (no /root/.cache/deno). -A: devices, /proc, /sys, /etc.

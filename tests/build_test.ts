@@ -73,6 +73,7 @@ Deno.test("the release tarball holds the runtime named sparse_dd, the bundle and
     `-rw-r--r-- 0/0 ${top}/README.md`,
     `-rw-r--r-- 0/0 ${top}/sparse_dd.d/VERSION`,
     ...GLIBC.map((l) => `-rw-r--r-- 0/0 ${top}/sparse_dd.d/lib/${l}`),
+    `-rw-r--r-- 0/0 ${top}/sparse_dd.d/sparse_dd.core.js`,
     `-rw-r--r-- 0/0 ${top}/sparse_dd.d/sparse_dd.js`,
     `-rwxr-xr-x 0/0 ${top}/install.sh`,
     `-rwxr-xr-x 0/0 ${top}/sparse_dd.d/deno`,
@@ -95,6 +96,45 @@ Deno.test("the release tarball holds the runtime named sparse_dd, the bundle and
   for (const l of GLIBC) ok(loader.text.includes(`${rt}/lib/${l}`), loader.text);
 });
 
+Deno.test("the release's loader runs the bundle's code, its copy threads (Workers) included", async () => {
+  const { dir, build } = await getBuild();
+  const rt = `${build.dist}/release/sparse_dd.d`;
+  // Every 1 MiB allocated, a 64 KiB run of data in each: mostly zeroes read, so the second
+  // thread starts (it needs half of what was read to be skipped zeroes).
+  const src = `${dir}/threads-src.raw`;
+  const size = 256 << 20;
+  const f = await Deno.open(src, { write: true, create: true, truncate: true });
+  const block = new Uint8Array(1 << 20);
+  for (let at = 0; at < size; at += block.length) {
+    block.fill(0);
+    block.fill((at >> 20) % 251 + 1, (at >> 20) % 16 * 65536, ((at >> 20) % 16 + 1) * 65536);
+    let n = 0;
+    while (n < block.length) n += await f.write(block.subarray(n));
+  }
+  f.close();
+  const out = await bare(`${rt}/sparse_dd`, [
+    "--library-path",
+    `${rt}/lib`,
+    `${rt}/deno`,
+    "run",
+    "-A",
+    "--quiet",
+    "--no-config",
+    "--no-lock",
+    `${rt}/sparse_dd.js`,
+    "-src",
+    src,
+    "-dest",
+    `${dir}/threads-dst.raw`,
+    "-threads",
+    "2",
+    "-json",
+  ], { DENO_DIR: "/dev/null/sparse_dd" });
+  strictEqual(out.code, 0, out.stderr);
+  strictEqual(JSON.parse(out.text).threads, 2, out.text);
+  ok(await sameBytes(src, `${dir}/threads-dst.raw`));
+});
+
 Deno.test("the RPM installs the same files for rpm, runs, and rpm -e removes them", async () => {
   const { dir, build } = await getBuild();
   const rpm = `${build.dist}/sparse_dd-${build.version}-1.x86_64.rpm`;
@@ -110,6 +150,7 @@ Deno.test("the RPM installs the same files for rpm, runs, and rpm -e removes the
     "/opt/xensource/libexec/sparse_dd.d/lib",
     ...GLIBC.map((l) => `/opt/xensource/libexec/sparse_dd.d/lib/${l}`),
     "/opt/xensource/libexec/sparse_dd.d/sparse_dd",
+    "/opt/xensource/libexec/sparse_dd.d/sparse_dd.core.js",
     "/opt/xensource/libexec/sparse_dd.d/sparse_dd.js",
   ]);
   const config = await bare("rpm", ["-qpc", rpm]);

@@ -100,6 +100,7 @@ Deno.test("install.sh installs a self-contained sparse_dd that runs with the che
     `${LIBEXEC}/sparse_dd.d/install.sh`,
     ...GLIBC.map((l) => `${LIBEXEC}/sparse_dd.d/lib/${l}`),
     `${LIBEXEC}/sparse_dd.d/sparse_dd`,
+    `${LIBEXEC}/sparse_dd.d/sparse_dd.core.js`,
     `${LIBEXEC}/sparse_dd.d/sparse_dd.js`,
     "usr/libexec/xapi/sparse_dd",
   ]);
