@@ -526,9 +526,10 @@ for (
     "rows' allocation and extents), so a file gets one thread unless asked.",
     "Writing (default, `-unbuffered` unset): to a block device, O_DIRECT with four writes in " +
     "flight (S4). To a file: buffered `pwrite` done in place on the copier's thread, every " +
-    "2 MiB of written range handed to the device at once (`sync_file_range`, one call at a time " +
-    "in file order, so that blocks are allocated in order as with `cp`), at most 32 MiB in " +
-    "flight, then dropped from the page cache (`POSIX_FADV_DONTNEED`); one `fdatasync` at the " +
+    "8 MiB of data written handed to the device at once (`sync_file_range` over the range it " +
+    "spans, one call at a time in file order, so that blocks are allocated in order as with " +
+    "`cp`), at most 64 MiB of data in flight, then dropped from the page cache " +
+    "(`POSIX_FADV_DONTNEED`); one `fdatasync` at the " +
     "end. On tmpfs there is no device: plain writes. Measured while building it, timed until " +
     "durable: O_DIRECT writes into a new ext4 file were ~30% slower (they serialise on the " +
     "inode lock), buffered writes with one `fdatasync` at the end 3–4× slower.",

@@ -505,6 +505,33 @@ Deno.test("writeback hands ranges to the device one call at a time, in the order
   }
 });
 
+Deno.test("writeback hands out ranges by the data written in them, however sparse: 8 MiB each, at most 64 MiB in flight", async () => {
+  for (const seed of [1, 2, 3]) {
+    const r = new Prng(seed);
+    const c = new RecordingLibc(r);
+    const wb = new Writeback(c as unknown as Libc, 99);
+    // 128 MiB of 64 KiB writes, each 1-4 MiB after the last: a span of 3-4 GiB.
+    let at = 0;
+    let unretired = 0;
+    let maxUnretired = 0;
+    for (let i = 0; i < 2048; i++) {
+      at += (1 + r.int(4)) * MiB;
+      await wb.written(at, 64 * 1024);
+      at += 64 * 1024;
+      const waited = c.calls.filter((k) => k.flags !== SYNC_FILE_RANGE_WRITE).length;
+      const handed = c.calls.filter((k) => k.flags === SYNC_FILE_RANGE_WRITE).length;
+      unretired = handed - waited;
+      maxUnretired = Math.max(maxUnretired, unretired);
+    }
+    await wb.settle();
+    const writes = c.calls.filter((k) => k.flags === SYNC_FILE_RANGE_WRITE);
+    strictEqual(writes.length, 16, `seed ${seed}: 128 MiB of data in 8 MiB hand-outs`);
+    // 64 MiB in flight: at most 8 ranges of 8 MiB (+1 just handed out) not yet waited for.
+    ok(maxUnretired <= 9, `seed ${seed}: ${maxUnretired} ranges in flight`);
+    ok(writes.every((k) => k.length > 8 * MiB), `seed ${seed}: each spans its sparse writes`);
+  }
+});
+
 /**
  * A source of `size` bytes, dense: each 1 MiB holds 64 KiB of random data and zeroes (mostly
  * zeroes read, so a second thread joins the copy), and the last bytes are random.
