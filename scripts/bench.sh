@@ -129,6 +129,7 @@ peer() { NAMES+=("$1") CMDS+=("$2") KINDS+=(peer); }
 # run_one TOOL_INDEX ROUND: prep, then the timed command + sync; appends a row to $RESULTS.
 run_one() {
   local i=$1 round=$2 rc=0 t0 t1 rss cpu alloc="" same="" d0 d1 extents="" load cmd
+  local w0 b0 f0 w1 b1 f1
   eval "$SC_PREP" >/dev/null 2>&1 || { log "prep failed for $SC_ID"; return 1; }
   sync
   cmd=${CMDS[$i]}
@@ -153,10 +154,10 @@ run_one() {
     log "  ${NAMES[$i]} failed (exit $rc): $(head -c 300 "$WORK/err" | tr '\n' ' ')"
     same=FAIL
   fi
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$SC_ID" "$i" "$round" \
-    "$(awk "BEGIN { print $t1 - $t0 }")" "${rss:-0}" "$alloc" "$same" "$rc" "${KINDS[$i]}" \
-    "$(echo "$d0 $d1" | awk '{ print $4 - $1 "\t" $5 - $2 }')" "${cpu:-}" "$extents" "$load" \
-    "$(echo "$d0 $d1" | awk '{ print $6 - $3 }')" >>"$RESULTS"
+  read -r w0 b0 f0 w1 b1 f1 <<<"$d0 $d1"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$SC_ID" "$i" \
+    "$round" "$(awk "BEGIN { print $t1 - $t0 }")" "${rss:-0}" "$alloc" "$same" "$rc" "${KINDS[$i]}" \
+    $((w1 - w0)) $((b1 - b0)) "${cpu:-}" "$extents" "$load" $((f1 - f0)) >>"$RESULTS"
 }
 
 measure() {

@@ -230,9 +230,7 @@ const disk: string[] = [];
 const details: string[] = [];
 /** sparse_dd's start-up: the median of its 0-byte copy (START), or NaN without that scenario. */
 const startRow = scenarios.get("START")?.find((r) => r.name === "sparse_dd, 0-byte copy");
-const startup = startRow?.times.length ? median(startRow.times) : NaN;
-/** A number with `digits` decimals, or "–" when unknown. */
-const fx = (x: number, digits: number) => Number.isFinite(x) ? x.toFixed(digits) : "–";
+const startup = median(startRow?.times ?? []);
 for (const [sc, rows] of scenarios) {
   const ours = rows.find((r) => r.kind === "ours");
   if (!ours) continue;
@@ -301,15 +299,15 @@ for (const [sc, rows] of scenarios) {
       const ob = median(ours.diskBusyMs) / 1000;
       const pb = median(fastest.diskBusyMs) / 1000;
       const pm = median(fastest.times);
-      const of = ours.diskFlushMs.length ? median(ours.diskFlushMs) / 1000 : NaN;
-      const pf = fastest.diskFlushMs.length ? median(fastest.diskFlushMs) / 1000 : NaN;
+      const of = median(ours.diskFlushMs) / 1000;
+      const pf = median(fastest.diskFlushMs) / 1000;
       if (ob > 0 || pb > 0) {
         disk.push(
           `| ${sc} | ${f3(om)} | ${f3(ob)} | ${median(ours.diskWrites).toFixed(0)} | ${
-            fx(of, 3)
+            f3(of)
           } | ${fastest.name} | ${f3(pm)} | ${f3(pb)} | ${
             median(fastest.diskWrites).toFixed(0)
-          } | ${fx(pf, 3)} | ${f2(ob / pm)} | ${fx((startup + of) / pm, 2)} |`,
+          } | ${f3(pf)} | ${f2(ob / pm)} | ${f2((startup + of) / pm)} |`,
         );
       }
     }

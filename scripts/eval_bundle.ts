@@ -1,5 +1,5 @@
 /**
- * The shipped form of the bundle: a three-line module (`sparse_dd.js`) that reads the bundle's code
+ * The shipped form of the bundle: a small module (`sparse_dd.js`) that reads the bundle's code
  * (`sparse_dd.core.js`) and evaluates it as one function.
  *
  * Why: Deno parses every module it loads (with swc, to build the module graph) before V8 sees it,
@@ -17,6 +17,8 @@
 
 /** The name of the evaluated file, beside the loader module. */
 export const CORE_NAME = "sparse_dd.core.js";
+/** The name of the loader module, the one `deno run` runs. */
+export const LOADER_NAME = "sparse_dd.js";
 
 /** The parameter that stands for the loader's `import.meta` inside the evaluated function. */
 const META = "__sparse_dd_meta";
@@ -56,15 +58,16 @@ await (0, eval)(code)({ main: import.meta.main, url: import.meta.url });
  * ```
  */
 export function coreScript(bundle: string): string {
+  const lineOf = (m: RegExpExecArray) => bundle.slice(0, m.index).split("\n").length;
   const statement = /^\s*(import\s*[\w{*"']|export\s)/m.exec(bundle);
   if (statement) {
-    const line = bundle.slice(0, statement.index).split("\n").length;
-    throw new Error(`the bundle has a static import or export at line ${line}`);
+    throw new Error(`the bundle has a static import or export at line ${lineOf(statement)}`);
   }
   const other = /\bimport\.meta\b(?!\.(main|url)\b)/.exec(bundle);
   if (other) {
-    const line = bundle.slice(0, other.index).split("\n").length;
-    throw new Error(`the bundle uses import.meta other than .main and .url at line ${line}`);
+    throw new Error(
+      `the bundle uses import.meta other than .main and .url at line ${lineOf(other)}`,
+    );
   }
   const body = bundle.replace(/\bimport\.meta\b/g, META);
   return `(async function (${META}) {\n"use strict";\n${body}\n})\n`;
@@ -78,5 +81,5 @@ if (import.meta.main) {
   }
   const core = coreScript(Deno.readTextFileSync(bundlePath));
   Deno.writeTextFileSync(`${dir}/${CORE_NAME}`, core);
-  Deno.writeTextFileSync(`${dir}/sparse_dd.js`, LOADER);
+  Deno.writeTextFileSync(`${dir}/${LOADER_NAME}`, LOADER);
 }
