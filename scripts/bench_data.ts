@@ -8,12 +8,16 @@
  * deno run -A scripts/bench_data.ts random   PATH SIZE SEED                  # dense random bytes
  * deno run -A scripts/bench_data.ts offsets  SIZE BLOCK FRACTION SEED       # chosen block offsets
  * deno run -A scripts/bench_data.ts vm       PATH SIZE FRACTION SEED        # VM-shaped, see below
+ * deno run -A scripts/bench_data.ts touch    SIZE                           # write SIZE of memory once
  * ```
  *
  * `sparse` leaves every unchosen block a hole; `regions` writes every byte (zero regions too), so
  * the file is fully allocated and only scanning can find its zeroes. `vm` is shaped like a used
  * VM's disk: data in scattered extents of 4 KiB to 1 MiB (log-uniform sizes, 4 KiB aligned,
  * `FRACTION` of the disk in all), each written whole but a third of it zero runs of 4-64 KiB.
+ * `touch` writes one byte in every page of `SIZE` bytes of fresh memory and exits, giving it back:
+ * on a virtual machine whose balloon took free memory back, the guest's free pages are then
+ * backed by the host again (see bench.sh).
  *
  * @module
  */
@@ -155,11 +159,22 @@ switch (cmd) {
     f.close();
     break;
   }
+  case "touch": {
+    const size = num(0);
+    const held: Uint8Array[] = [];
+    for (let left = size; left > 0; left -= 256 * MiB) {
+      const a = new Uint8Array(Math.min(left, 256 * MiB));
+      for (let i = 0; i < a.length; i += 4096) a[i] = 1;
+      held.push(a); // all of it at once, so that every page is a different one
+    }
+    console.log(held.length);
+    break;
+  }
   case "offsets": {
     console.log(chooseBlocks(num(0), num(1), num(2), num(3)).join("\n"));
     break;
   }
   default:
-    console.error("usage: bench_data.ts sparse|regions|fill|random|offsets|vm ...");
+    console.error("usage: bench_data.ts sparse|regions|fill|random|offsets|vm|touch ...");
     Deno.exit(1);
 }

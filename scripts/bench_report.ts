@@ -222,6 +222,15 @@ para(
     "its backing file) and extents are `filefrag`'s count, both after the warm-up run and a " +
     "global `sync`; cmp compares the destination with the expected raw image.",
 );
+if (meta.reporting) {
+  para(
+    `Memory: ${meta.reporting}. With it on, memory left free for a moment goes back to the ` +
+      "host, and the next writer of a new page (a tmpfs file, the page cache) waits while the " +
+      "host backs it again: 2 GiB written into a new tmpfs file took 0.31 s right after the " +
+      "previous one was deleted and 1.0–2.5 s six seconds later, so which tool met it was " +
+      "chance (reports before 2026-12-05T08Z ran with it on). A dom0 has no such balloon.",
+  );
+}
 
 // Targets.
 const time: string[] = [];
