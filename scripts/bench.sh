@@ -129,7 +129,10 @@ if [ -e "$REPORTING_PARAM" ]; then
     echo "$orders" 2>/dev/null >"$REPORTING_PARAM" && [ "$(cat "$REPORTING_PARAM")" = "$orders" ]; then
     on_exit "echo $reporting_was >$REPORTING_PARAM"
     free_kib=$(awk '/^MemFree:/ { print $2 }' /proc/meminfo)
-    touch_bytes=$(((free_kib > 1048576 ? free_kib - 1048576 : 0) * 1024))
+    # All of it but 1 GiB, at most 16 GiB (the benchmark needs a few GiB of new pages at a time,
+    # and reuses what it frees first).
+    touch_kib=$((free_kib > 1048576 ? free_kib - 1048576 : 0))
+    touch_bytes=$(((touch_kib > 16777216 ? 16777216 : touch_kib) * 1024))
     log "free page reporting off (page_reporting_order $reporting_was -> $orders); writing $((touch_bytes / MiB)) MiB of free memory once"
     "$DENO" run -A --quiet --no-lock "$ROOT/scripts/bench_data.ts" touch "$touch_bytes" >/dev/null
     REPORTING="free page reporting (virtio balloon) off during the runs (page_reporting_order $reporting_was → $orders, restored after) and $((touch_bytes / MiB)) MiB of free memory written once before them"

@@ -539,7 +539,10 @@ for (
     "(`POSIX_FADV_DONTNEED`); one `fdatasync` at the " +
     "end. On tmpfs there is no device: plain writes. Measured while building it, timed until " +
     "durable: O_DIRECT writes into a new ext4 file were ~30% slower (they serialise on the " +
-    "inode lock), buffered writes with one `fdatasync` at the end 3–4× slower.",
+    "inode lock), buffered writes with one `fdatasync` at the end 3–4× slower; measured again " +
+    "with the balloon's free page reporting off (2026-12-05, 5 interleaved runs), only a " +
+    "little: S1 0.53 s against 0.58 s, S2a 1.07 s against 1.09 s (and 1.8–2.1 s in two of " +
+    "the five runs).",
     "Tried and kept out (interleaved runs on this disk; details in git history): 8 MiB kicks " +
     "with 128–512 MiB in flight (S1 0.42 → 0.73 s); one kick per write (5–25% slower); " +
     "`fallocate` then O_DIRECT (1.2 s); O_DIRECT into holes (1.9–2.1 s); on S2b, punching " +
