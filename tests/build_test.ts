@@ -8,6 +8,7 @@ import {
   readMachineStream,
   ROOT,
   sameBytes,
+  untilSecondThread,
   withTempDir,
   xapiCommand,
 } from "./_support/helpers.ts";
@@ -112,10 +113,8 @@ Deno.test("the release's loader runs the bundle's code, its copy threads (Worker
     while (n < block.length) n += await f.write(block.subarray(n));
   }
   f.close();
-  // The second thread runs only if its Worker is ready before the first thread has claimed every
-  // segment (see tests/copy/threads_test.ts): every attempt must be exact, one of five shared.
-  let threads = 0;
-  for (let attempt = 0; attempt < 5 && threads !== 2; attempt++) {
+  // Every attempt must be exact; one of five must have shared the work (see untilSecondThread).
+  const threads = await untilSecondThread(async () => {
     await Deno.remove(`${dir}/threads-dst.raw`).catch(() => {});
     const out = await bare(`${rt}/sparse_dd`, [
       "--library-path",
@@ -136,9 +135,9 @@ Deno.test("the release's loader runs the bundle's code, its copy threads (Worker
       "-json",
     ], { DENO_DIR: "/dev/null/sparse_dd" });
     strictEqual(out.code, 0, out.stderr);
-    threads = JSON.parse(out.text).threads;
     ok(await sameBytes(src, `${dir}/threads-dst.raw`));
-  }
+    return JSON.parse(out.text).threads;
+  });
   strictEqual(threads, 2, "a second thread ran");
 });
 

@@ -154,6 +154,27 @@ export async function withFullThinDevice(fn: (dev: string) => Promise<void>): Pr
   });
 }
 
+/**
+ * Runs `copy` (a copy asked for two threads, which checks its own result and returns the stats'
+ * `threads`) up to five times, until a second thread ran; the last count. The second thread runs
+ * only if its Worker is ready (50-200 ms here) before the first has claimed every segment, and a
+ * small copy from the page cache is sometimes done first (correctly: the copier does not wait).
+ *
+ * @example
+ * ```ts
+ * import { runMain, untilSecondThread } from "./helpers.ts";
+ * const threads = await untilSecondThread(async () => {
+ *   const res = await runMain(["-src", "/tmp/a.raw", "-dest", "/tmp/b.raw", "-threads", "2", "-json"]);
+ *   return JSON.parse(new TextDecoder().decode(res.stdout)).threads;
+ * });
+ * ```
+ */
+export async function untilSecondThread(copy: () => Promise<number>): Promise<number> {
+  let threads = 0;
+  for (let attempt = 0; attempt < 5 && threads !== 2; attempt++) threads = await copy();
+  return threads;
+}
+
 /** True when two files have the same bytes (`cmp -s`). */
 export async function sameBytes(a: string, b: string, bytes?: number): Promise<boolean> {
   const args = ["-s", ...(bytes === undefined ? [] : ["-n", String(bytes)]), a, b];

@@ -3,7 +3,14 @@ import { DiskError } from "../../src/core/disk.ts";
 import { ExitCode, SparseDdError } from "../../src/core/errors.ts";
 import { errorFromWire, errorToWire } from "../../src/copy/threads.ts";
 import { CopyAborted } from "../../src/copy/copier.ts";
-import { runMain, sameBytes, sh, withLoop, withTempDir } from "../_support/helpers.ts";
+import {
+  runMain,
+  sameBytes,
+  sh,
+  untilSecondThread,
+  withLoop,
+  withTempDir,
+} from "../_support/helpers.ts";
 import { qemuRawToVhd } from "../_support/vhd_tools.ts";
 import { Prng } from "../_support/prng.ts";
 
@@ -62,18 +69,16 @@ Deno.test("two threads copy a file exactly as one does, with the same stats", as
     await sparseRandom(`${dir}/src`, size, 1);
     const one = await copyJson(`${dir}/src`, `${dir}/one`, ["-threads", "1"]);
     strictEqual(one.threads, 1);
-    // The second thread starts only if it is ready (a Worker loading this program, 50-200 ms
-    // here) before the first has claimed every segment; from the page cache the first alone
-    // takes ~0.16 s, so about one copy in five ends with one thread (correctly: it does not wait).
-    // Every attempt must be exact; at least one of five must have shared the work.
-    let two: Record<string, unknown> = {};
-    for (let attempt = 0; attempt < 5 && two.threads !== 2; attempt++) {
+    // From the page cache the first thread alone takes ~0.16 s: about one copy in five ends
+    // before the second is ready. Every attempt must be exact; one must have shared the work.
+    const threads = await untilSecondThread(async () => {
       await Deno.remove(`${dir}/two`).catch(() => {});
-      two = await copyJson(`${dir}/src`, `${dir}/two`, ["-threads", "2"]);
+      const two = await copyJson(`${dir}/src`, `${dir}/two`, ["-threads", "2"]);
       ok(await sameBytes(`${dir}/src`, `${dir}/two`), "the copy holds the source's bytes");
       deepStrictEqual(sameAcrossRuns(two), sameAcrossRuns(one));
-    }
-    strictEqual(two.threads, 2, "a second thread ran");
+      return two.threads;
+    });
+    strictEqual(threads, 2, "a second thread ran");
     // Onto the existing, non-zero copy (not prezeroed): zeroes must land, in every thread.
     await Deno.writeFile(`${dir}/two`, new Uint8Array(size).fill(0xee));
     const again = await runMain([
